@@ -1,0 +1,37 @@
+# Two commands a user types: `make demo` and `make test`. Both create (or reuse) .venv/
+# and install everything. GPU users override TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0"
+# with a CUDA index) and EXTRAS="dev,gpu".
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+DEMO_OUT ?= demo-out
+
+.PHONY: venv demo demo-quick test test-all clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" "$(TORCH_SPEC)"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/maskgit-pipeline demo --out $(DEMO_OUT)
+
+demo-quick: $(STAMP)
+	$(VENV)/bin/maskgit-pipeline demo --quick --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

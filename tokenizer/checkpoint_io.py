@@ -1,0 +1,105 @@
+"""Checkpoint directories: ``model.safetensors`` + ``config.json`` (never pickle).
+
+Shared by the tokenizer and the transformer. ``config.json`` holds
+``{"kind": ..., "format_version": 1, "config": {...}, ...extra}``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .flax_msgpack import CheckpointError
+
+__all__ = ["save_checkpoint_dir", "read_checkpoint_dir", "file_sha256", "resolve_checkpoint_dir",
+           "check_state_dict", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint_dir(directory: str | os.PathLike, *, kind: str, config: dict[str, Any],
+                        state_dict: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> Path:
+    """Write weights then config (atomically each) into ``directory``; return it."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    tmp = d / (WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"kind": kind, "format_version": str(FORMAT_VERSION)})
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, d / WEIGHTS)
+    meta = {"kind": kind, "format_version": FORMAT_VERSION, "config": config,
+            "weights_sha256": file_sha256(d / WEIGHTS), **(extra or {})}
+    tmp = d / (CONFIG + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    os.replace(tmp, d / CONFIG)
+    return d
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike, kind: str, subdir: str) -> Path:
+    """Accept the checkpoint directory itself or a parent holding ``subdir/``."""
+    p = Path(path)
+    for cand in (p, p / subdir):
+        if (cand / CONFIG).is_file():
+            try:
+                meta = json.loads((cand / CONFIG).read_text())
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{cand / CONFIG}: not valid JSON ({e})") from e
+            if meta.get("kind") == kind:
+                return cand
+    raise CheckpointError(
+        f"{p}: no {kind} checkpoint here (looked for {CONFIG} with kind={kind!r} in {p} and {p / subdir}); "
+        "convert official weights with `maskgit-pipeline convert official` or pass the right directory"
+    )
+
+
+def read_checkpoint_dir(path: str | os.PathLike, *, kind: str, subdir: str
+                        ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
+    """Return (metadata, state_dict, resolved directory), checking the weights' checksum."""
+    d = resolve_checkpoint_dir(path, kind, subdir)
+    meta = json.loads((d / CONFIG).read_text())
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{d}: checkpoint format_version {meta['format_version']} is newer than this "
+                              f"code supports ({FORMAT_VERSION}); upgrade maskgit-pipeline")
+    weights = d / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing weights file next to {CONFIG}")
+    want = meta.get("weights_sha256")
+    if want and file_sha256(weights) != want:
+        raise CheckpointError(f"{weights}: sha256 does not match {CONFIG} (file changed or truncated); "
+                              "re-export or re-convert the checkpoint")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from e
+    return meta, state, d
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Raise a CheckpointError naming missing/unexpected/mis-shaped parameters."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing or extra:
+        raise CheckpointError(f"{source}: parameters do not match the model config: "
+                              f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                              f"unexpected {extra[:8]}{'...' if len(extra) > 8 else ''}")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{source}: parameter {k} has shape {tuple(state[k].shape)}, "
+                                  f"the config expects {tuple(v.shape)}")

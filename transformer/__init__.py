@@ -1,0 +1,53 @@
+"""The MVTM bidirectional transformer, mask schedules and parallel decoding
+(single-device PyTorch; never imports ray or deepspeed)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tokenizer.checkpoint_io import check_state_dict, read_checkpoint_dir, save_checkpoint_dir
+from tokenizer.flax_msgpack import CheckpointError
+
+from .config import PRESETS, TransformerConfig, config_from_dict, preset
+from .model import MaskGITTransformer
+
+__all__ = ["MaskGITTransformer", "TransformerConfig", "PRESETS", "preset", "build", "load", "save",
+           "check_pair", "KIND"]
+
+KIND = "maskgit-transformer"
+
+
+def build(config: TransformerConfig | str, **overrides) -> MaskGITTransformer:
+    """A freshly initialised transformer from a config or a preset name (plus field overrides)."""
+    cfg = preset(config) if isinstance(config, str) else config
+    return MaskGITTransformer(cfg.replace(**overrides) if overrides else cfg)
+
+
+def save(model: MaskGITTransformer, directory: str | os.PathLike, *, extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``directory``."""
+    return save_checkpoint_dir(directory, kind=KIND, config=model.config.to_dict(),
+                               state_dict=model.state_dict(), extra=extra)
+
+
+def load(path: str | os.PathLike, *, map_location: str = "cpu") -> MaskGITTransformer:
+    """Load a transformer directory (or a parent holding ``transformer/``), ready in eval mode."""
+    meta, state, d = read_checkpoint_dir(path, kind=KIND, subdir="transformer")
+    cfg = config_from_dict(meta["config"], source=str(d / "config.json"))
+    model = MaskGITTransformer(cfg)
+    check_state_dict(model, state, source=str(d))
+    model.load_state_dict(state)
+    model.checkpoint_dir = d  # type: ignore[attr-defined]
+    model.checkpoint_meta = meta  # type: ignore[attr-defined]
+    return model.to(map_location).eval()
+
+
+def check_pair(transformer_cfg: TransformerConfig, codebook_size: int, latent_size: int, *, source: str = "") -> None:
+    """Raise if a transformer cannot run on a tokenizer's tokens (codebook or grid differ)."""
+    where = f"{source}: " if source else ""
+    if transformer_cfg.codebook_size != codebook_size:
+        raise CheckpointError(f"{where}transformer expects a codebook of {transformer_cfg.codebook_size} codes, "
+                              f"the tokenizer has {codebook_size}; use the tokenizer it was trained with")
+    if transformer_cfg.latent_size != latent_size:
+        raise CheckpointError(f"{where}transformer expects a {transformer_cfg.latent_size}x"
+                              f"{transformer_cfg.latent_size} latent grid, the tokenizer gives "
+                              f"{latent_size}x{latent_size} at its image size; pick the matching resolution")
