@@ -77,6 +77,10 @@ def convert_to_official_cmd(checkpoint, out) -> None:
         click.echo(f"{kind}: {path}")
 
 
+# --- command registrations: each area keeps its commands in pipeline/cli_<area>.py ---
+# (one `from . import cli_x` line plus `cli_x.register(cli)` per area, below)
+
+
 def main() -> None:
     cli(prog_name="maskgit-pipeline")
 
