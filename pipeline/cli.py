@@ -43,7 +43,9 @@ def convert() -> None:
               help="Tokenizer resolution when no transformer is given (default 256).")
 @click.option("--num-classes", type=int, default=1000, show_default=True,
               help="Classes in the transformer's vocabulary when no tokenizer is given.")
-def convert_official_cmd(tokenizer_path, transformer_path, out, image_size, num_classes) -> None:
+@click.option("--num-groups", type=int, default=32, show_default=True,
+              help="GroupNorm groups of the tokenizer (not stored in the file; official: 32).")
+def convert_official_cmd(tokenizer_path, transformer_path, out, image_size, num_classes, num_groups) -> None:
     """Read official Flax msgpack checkpoints (no JAX needed) and write safetensors + config.json.
 
     \b
@@ -55,7 +57,8 @@ def convert_official_cmd(tokenizer_path, transformer_path, out, image_size, num_
     from .convert import convert_official
 
     written = convert_official(out=out, tokenizer_path=tokenizer_path, transformer_path=transformer_path,
-                               image_size=image_size, num_classes=num_classes)
+                               image_size=image_size, num_classes=num_classes,
+                               num_groups=num_groups)
     for kind, path in written.items():
         click.echo(f"{kind}: {path}")
 

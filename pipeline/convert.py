@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def convert_official(*, out: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None,
                      transformer_path: str | os.PathLike | None = None, image_size: int | None = None,
-                     num_classes: int = 1000) -> dict[str, Path]:
+                     num_classes: int = 1000, num_groups: int = 32) -> dict[str, Path]:
     """Read the official msgpack files and write ``OUT/tokenizer/`` and/or ``OUT/transformer/``.
 
     The tokenizer's image size is not stored in its file: it is taken from the transformer's
@@ -31,7 +31,7 @@ def convert_official(*, out: str | os.PathLike, tokenizer_path: str | os.PathLik
     written: dict[str, Path] = {}
     vq = None
     if tokenizer_path is not None:
-        vq = load_official_tokenizer(tokenizer_path, image_size=image_size or 256)
+        vq = load_official_tokenizer(tokenizer_path, image_size=image_size or 256, num_groups=num_groups)
     if transformer_path is not None:
         model = load_official_transformer(transformer_path, num_classes=num_classes,
                                           codebook_size=None if vq is None else vq.config.codebook_size)
@@ -41,7 +41,7 @@ def convert_official(*, out: str | os.PathLike, tokenizer_path: str | os.PathLik
                 raise ValueError(f"--image-size {image_size} contradicts the transformer's "
                                  f"{model.config.latent_size}x{model.config.latent_size} grid ({size} px)")
             if vq.config.image_size != size:
-                vq = load_official_tokenizer(tokenizer_path, image_size=size)
+                vq = load_official_tokenizer(tokenizer_path, image_size=size, num_groups=num_groups)
             tfm.check_pair(model.config, vq.config.codebook_size, vq.config.latent_size, source=str(transformer_path))
         written["transformer"] = tfm.save(model, out / "transformer", extra={
             "source": {"file": os.fspath(transformer_path), "sha256": file_sha256(transformer_path),

@@ -141,11 +141,20 @@ def state_dict_to_official(model: VQGAN) -> dict[str, Any]:
     return build_official_tree(_mapping(model.config), model.state_dict())
 
 
-def load_official_tokenizer(path: str | os.PathLike, *, image_size: int = 256) -> VQGAN:
-    """Read an official ``tokenizer_imagenet*_checkpoint`` file into a ready VQGAN (eval mode)."""
+def load_official_tokenizer(path: str | os.PathLike, *, image_size: int = 256, num_groups: int = 32) -> VQGAN:
+    """Read an official ``tokenizer_imagenet*_checkpoint`` file into a ready VQGAN (eval mode).
+
+    GroupNorm's group count is not stored in the file: the official models use 32.
+    """
     source = os.fspath(path)
     flat = _params(read_flax_msgpack(path), source)
-    cfg = infer_config(flat, image_size=image_size, source=source)
+    try:
+        cfg = infer_config(flat, image_size=image_size, num_groups=num_groups, source=source)
+    except ValueError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{source}: the inferred tokenizer config is invalid ({e}); "
+                              "pass the right --image-size / --num-groups") from e
     model = VQGAN(cfg)
     model.load_state_dict(official_to_state_dict(flat, cfg, source=source))
     return model.eval()
