@@ -1,0 +1,435 @@
+"""The Ray Data tokenize job: source images -> exactly-once token shards + manifest.
+
+Plan (a pure function of the source listing and the config)::
+
+    sorted listing ──split──▶ work units of ``unit_size`` images (unit i ⇒ shard name i)
+    Ray Data:  unit rows ─▶ read+decode+crop (CPU tasks) ─▶ encode+search (actor pool, GPU or CPU)
+    driver:    each encoded unit ─▶ shard file(s), written atomically ─▶ unit record (written last)
+    end:       error report (JSONL key, reason) ─▶ manifest.json (written last of all)
+
+Exactly once: a unit is done when its record ``_tokenize/units/unit-XXXXX.json`` exists, and the
+record is written only after the unit's shards are durable. A rerun (or ``resume=True``) lists the
+source again, checks it is the same listing and the same settings (``_tokenize/job.json``), and
+only runs the units without a record. A unit's images are encoded in fixed chunks of
+``batch_size`` from the unit's start, so its tokens do not depend on which run encoded it.
+Every listed image ends up in exactly one shard or in the error report with its reason.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .preprocess import AUGMENTATIONS, DecodeError, preprocess_bytes, view_names
+from .shards import (FORMATS, Manifest, ShardInfo, ShardRows, TokenizerInfo, _put_bytes, join, url_to_fs,
+                     write_manifest, write_parquet_shard, write_webdataset_shard)
+from .sources import LABEL_MAPS, LAYOUTS, ItemReader, Listing, SourceItem, list_source
+
+__all__ = ["TokenizeConfig", "TokenizeResult", "ResourcePlan", "plan_resources", "plan_units", "run_tokenize",
+           "JOB_DIR", "ERRORS_FILE", "listing_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+JOB_DIR = "_tokenize"
+ERRORS_FILE = "errors.jsonl"
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(kw_only=True, frozen=True)
+class TokenizeConfig:
+    """One tokenize run."""
+
+    source: str
+    """Source path or URL (see pipeline.sources for the layouts)."""
+    out: str
+    """Output directory or URL prefix for shards, error report and manifest."""
+    tokenizer: str
+    """Tokenizer checkpoint directory (model.safetensors + config.json)."""
+    layout: str = "auto"
+    """Source layout; ``auto`` detects it."""
+    split: str | None = None
+    """For an ImageNet root holding train/ and val/: which one (default train)."""
+    label_map: str = "sorted"
+    """``sorted`` (position of the class id in sorted order) or ``imagenet1k`` (ImageNet-1k index)."""
+    val_labels: str | None = None
+    """Ground-truth file for a flat val folder (LOC_val_solution.csv format)."""
+    formats: tuple[str, ...] = ("parquet",)
+    """Shard formats to write: ``parquet``, ``webdataset`` or both."""
+    augmentations: tuple[str, ...] = ()
+    """Stored augmentations besides the centre crop: ``hflip``, ``tencrop``."""
+    unit_size: int = 256
+    """Images per work unit (= per shard). Part of the plan: a rerun must use the same value."""
+    batch_size: int = 32
+    """Images per encoder forward pass."""
+    search: str = "auto"
+    """Nearest-code backend: ``auto``, ``faiss`` or ``torch``."""
+    device: str = "auto"
+    """Encoder device: ``auto`` (GPU actors where the cluster has GPUs), ``cpu`` or ``cuda``."""
+    precision: str = "fp32"
+    """Encoder precision: ``fp32`` or ``bf16`` (autocast; the search always runs in float32)."""
+    num_encoders: int | None = None
+    """Encoder actors; default: one per GPU, or one per 8 CPUs on CPU clusters."""
+    ray_address: str | None = None
+    """Connect to this Ray cluster; default: the current one, or a local one started for the run."""
+    resume: bool = False
+    """Require an existing run in ``out`` to continue (a plain rerun also skips finished units)."""
+    write_threads: int = 4
+    """Driver threads writing shards."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", tuple(self.formats))
+        object.__setattr__(self, "augmentations", tuple(self.augmentations))
+        if not self.formats or any(f not in FORMATS for f in self.formats):
+            raise ValueError(f"formats {list(self.formats)}: choose one or both of {list(FORMATS)}")
+        bad = [a for a in self.augmentations if a not in AUGMENTATIONS]
+        if bad:
+            raise ValueError(f"unknown augmentation(s) {bad}; choose from {list(AUGMENTATIONS)}")
+        for name, value, valid in (("layout", self.layout, LAYOUTS), ("label_map", self.label_map, LABEL_MAPS),
+                                   ("search", self.search, ("auto", "faiss", "torch")),
+                                   ("device", self.device, DEVICES), ("precision", self.precision, PRECISIONS)):
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {list(valid)}")
+        if self.unit_size < 1 or self.batch_size < 1:
+            raise ValueError(f"unit_size ({self.unit_size}) and batch_size ({self.batch_size}) must be >= 1")
+        if self.num_encoders is not None and self.num_encoders < 1:
+            raise ValueError(f"num_encoders must be >= 1, got {self.num_encoders}")
+
+
+@dataclass
+class TokenizeResult:
+    """What a run did."""
+
+    out: str
+    manifest: Manifest
+    units_total: int
+    units_run: int
+    units_skipped: int
+    seconds: float
+
+
+# ------------------------------------------------------------------ planning (pure)
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """How the job uses the cluster: encoder actors and decode tasks."""
+
+    device: str
+    num_encoders: int
+    encoder_cpus: float
+    encoder_gpus: float
+    decode_cpus: float
+    torch_threads: int
+
+
+def plan_resources(cluster: dict[str, float], *, device: str = "auto", num_encoders: int | None = None
+                   ) -> ResourcePlan:
+    """Size the pools from ``ray.cluster_resources()``. Reservations are fractional so that the
+    actors never take the whole CPU budget (two 1-CPU actors plus a decode task deadlock on 2 CPUs)."""
+    cpus = float(cluster.get("CPU", 1.0))
+    gpus = float(cluster.get("GPU", 0.0))
+    if device == "auto":
+        device = "cuda" if gpus >= 1 else "cpu"
+    if device == "cuda":
+        if gpus < 1:
+            raise ValueError("device='cuda' but the Ray cluster has no GPUs; use --device cpu or add GPU workers")
+        n = num_encoders or int(gpus)
+        per_gpu = min(1.0, gpus / n)
+        enc_cpus = min(1.0, max(0.1, (cpus - 1) / (2 * n)))
+        return ResourcePlan("cuda", n, enc_cpus, per_gpu, 1.0 if cpus >= 4 else 0.5, 2)
+    n = num_encoders or max(1, int(cpus // 8))
+    threads = max(1, int(round(cpus / n)))
+    enc_cpus = max(0.1, min(float(threads), 0.5 * cpus / n))
+    decode_cpus = 0.5 if cpus <= 4 else 1.0
+    return ResourcePlan("cpu", n, enc_cpus, 0.0, decode_cpus, threads)
+
+
+def plan_units(items: list[SourceItem], unit_size: int) -> list[list[SourceItem]]:
+    """Deterministic work units: consecutive runs of the sorted listing."""
+    return [items[i:i + unit_size] for i in range(0, len(items), unit_size)]
+
+
+def listing_fingerprint(listing: Listing) -> str:
+    h = hashlib.sha256()
+    for it in listing.items:
+        h.update(f"{it.key}\t{it.label}\n".encode())
+    for key, reason in listing.errors:
+        h.update(f"E\t{key}\t{reason}\n".encode())
+    return h.hexdigest()
+
+
+def _unit_record_path(unit: int) -> str:
+    return f"{JOB_DIR}/units/unit-{unit:05d}.json"
+
+
+# ------------------------------------------------------------------ Ray stages
+
+def decode_unit(batch: dict[str, np.ndarray], *, image_size: int, augmentations: tuple[str, ...],
+                storage_options: dict | None = None) -> dict[str, np.ndarray]:
+    """Ray map_batches fn (batch of one unit row): read + decode + crop every image of the unit."""
+    reader = ItemReader(**(storage_options or {}))
+    out: dict[str, list] = {"unit": [], "keys": [], "labels": [], "images": [], "n": [], "errors": []}
+    try:
+        for unit, items_json in zip(batch["unit"], batch["items"]):
+            keys, labels, views, errors = [], [], [], []
+            for v in json.loads(items_json):
+                item = SourceItem.from_list(v)
+                try:
+                    data = reader.read(item)
+                    views.append(preprocess_bytes(data, image_size, augmentations))  # (V, 3, S, S)
+                    keys.append(item.key)
+                    labels.append(item.label)
+                except DecodeError as e:
+                    errors.append([item.key, str(e)])
+                except OSError as e:
+                    errors.append([item.key, f"cannot read file ({type(e).__name__}: {e.strerror or e})"])
+            images = np.stack(views) if views else np.zeros((0,), np.uint8)  # (N, V, 3, S, S)
+            out["unit"].append(int(unit))
+            out["keys"].append(json.dumps(keys))
+            out["labels"].append(json.dumps(labels))
+            out["images"].append(images.tobytes())
+            out["n"].append(len(keys))
+            out["errors"].append(json.dumps(errors))
+    finally:
+        reader.close()
+    return {"unit": np.asarray(out["unit"], np.int64), "keys": np.asarray(out["keys"], dtype=object),
+            "labels": np.asarray(out["labels"], dtype=object), "images": np.asarray(out["images"], dtype=object),
+            "n": np.asarray(out["n"], np.int64), "errors": np.asarray(out["errors"], dtype=object)}
+
+
+def build_encoder(payload: dict[str, Any], *, device: str):
+    """The tokenizer (encoder + codebook) from a payload made by ``encoder_payload``."""
+    import tokenizer
+    from tokenizer.config import config_from_dict
+
+    model = tokenizer.VQGAN(config_from_dict(payload["config"]))
+    model.decoder = None  # the job only encodes
+    missing, unexpected = model.load_state_dict(payload["state"], strict=False)
+    if unexpected or any(not k.startswith("decoder.") for k in missing):
+        raise ValueError(f"tokenizer weights do not match its config (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]})")
+    return model.to(device).eval()
+
+
+def encoder_payload(model) -> dict[str, Any]:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("decoder.")}
+    return {"config": model.config.to_dict(), "state": state}
+
+
+class EncodeUnits:
+    """Ray actor (map_batches callable class): encodes each unit in fixed chunks of ``batch_size``."""
+
+    def __init__(self, payload_ref: list, *, device: str, precision: str, batch_size: int, search: str,
+                 torch_threads: int, image_size: int, n_views: int, latent: int, token_dtype: str):
+        import ray
+        import torch
+
+        from tokenizer.faiss_search import make_search
+
+        torch.set_num_threads(torch_threads)
+        payload = ray.get(payload_ref[0])
+        self.torch = torch
+        self.device = device
+        self.model = build_encoder(payload, device=device)
+        k = self.model.config.codebook_size
+        self.model.set_search(make_search(search, device=device, codebook_size=k, num_threads=torch_threads))
+        self.precision, self.batch_size = precision, batch_size
+        self.shape = (n_views, 3, image_size, image_size)
+        self.latent, self.token_dtype = latent, np.dtype(token_dtype)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:  # (N, V, 3, S, S) uint8 -> (N, V, h, w)
+        torch = self.torch
+        n = images.shape[0]
+        flat = images.reshape(-1, *self.shape[1:])  # (N*V, 3, S, S)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, flat.shape[0], self.batch_size):
+                x = torch.from_numpy(flat[i:i + self.batch_size]).to(self.device).float().div_(255.0)
+                if self.precision == "bf16":
+                    with torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16):
+                        z = self.model.encode_latents(x)
+                else:
+                    z = self.model.encode_latents(x)
+                out.append(self.model.quantizer.ids(z.float()).cpu().numpy())  # (b, h, w)
+        ids = np.concatenate(out) if out else np.zeros((0, self.latent, self.latent), np.int64)
+        return ids.reshape(n, self.shape[0], self.latent, self.latent).astype(self.token_dtype)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tokens = []
+        for images, n in zip(batch["images"], batch["n"]):
+            arr = np.frombuffer(images, np.uint8).reshape(int(n), *self.shape) if n else \
+                np.zeros((0, *self.shape), np.uint8)
+            tokens.append(self.encode(arr).tobytes())
+        return {"unit": batch["unit"], "keys": batch["keys"], "labels": batch["labels"], "n": batch["n"],
+                "errors": batch["errors"], "tokens": np.asarray(tokens, dtype=object)}
+
+
+# ------------------------------------------------------------------ the driver
+
+def _ray_init(address: str | None) -> bool:
+    """Connect to (or start) Ray; True when this call started it (and should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kw = dict(logging_level=logging.WARNING, log_to_driver=False)
+    if address:
+        ray.init(address=address, **kw)
+    else:
+        ray.init(include_dashboard=False, **kw)
+    return True
+
+
+def _tokenizer_info(model, augmentations: tuple[str, ...]) -> TokenizerInfo:
+    sha = getattr(model, "weights_sha256", None)
+    if not sha:
+        h = hashlib.sha256()
+        for k, v in sorted(model.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        sha = h.hexdigest()
+    c = model.config
+    return TokenizerInfo(checkpoint_sha256=sha, codebook_size=c.codebook_size, latent_h=c.latent_size,
+                         latent_w=c.latent_size, image_size=c.image_size, augmentations=view_names(augmentations))
+
+
+def _job_spec(cfg: TokenizeConfig, info: TokenizerInfo, listing: Listing) -> dict[str, Any]:
+    return {"tokenizer": info.to_dict(), "source": {"uri": cfg.source, "layout": listing.layout,
+                                                    "split": listing.split},
+            "label_map": cfg.label_map, "unit_size": cfg.unit_size, "formats": sorted(cfg.formats),
+            "precision": cfg.precision,
+            "listing_sha256": listing_fingerprint(listing), "images": len(listing.items)}
+
+
+def _check_job(fs, root: str, spec: dict[str, Any], *, resume: bool, out: str) -> None:
+    path = join(root, f"{JOB_DIR}/job.json")
+    if fs.exists(path):
+        old = json.loads(fs.cat_file(path))
+        diff = sorted(k for k in set(spec) | set(old) if spec.get(k) != old.get(k))
+        if diff:
+            raise ValueError(f"{out} holds a tokenize run with different {diff} (see {JOB_DIR}/job.json); "
+                             "use a new output location, or the same settings and source to resume it")
+        return
+    if resume:
+        raise ValueError(f"--resume: {out} holds no tokenize run to resume ({JOB_DIR}/job.json missing); "
+                         "drop --resume to start one")
+    _put_bytes(fs, path, json.dumps(spec, indent=1).encode())
+
+
+def _done_units(fs, root: str, n_units: int) -> dict[int, dict]:
+    """Unit records whose shards all exist."""
+    try:
+        files = set(fs.find(root))
+    except FileNotFoundError:
+        return {}
+    done = {}
+    for u in range(n_units):
+        rec_path = join(root, _unit_record_path(u))
+        if rec_path in files:
+            rec = json.loads(fs.cat_file(rec_path))
+            if all(join(root, s["path"]) in files for s in rec["shards"]):
+                done[u] = rec
+    return done
+
+
+def _write_unit(root: str, fs, fsroot: str, row: dict[str, Any], info: TokenizerInfo,
+                formats: tuple[str, ...]) -> dict:
+    unit = int(row["unit"])
+    keys, labels = json.loads(row["keys"]), json.loads(row["labels"])
+    n = int(row["n"])
+    tokens = np.frombuffer(row["tokens"], info.token_dtype).reshape(n, info.n_aug, info.latent_h, info.latent_w)
+    rows = ShardRows(keys, np.asarray(labels, np.int64), tokens)
+    shards = []
+    for fmt in sorted(formats):
+        writer = write_parquet_shard if fmt == "parquet" else write_webdataset_shard
+        shards.append(writer(root, unit, rows, info).to_dict())
+    rec = {"unit": unit, "samples": n, "shards": shards, "errors": json.loads(row["errors"])}
+    _put_bytes(fs, join(fsroot, _unit_record_path(unit)), json.dumps(rec).encode())  # written last
+    return rec
+
+
+def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
+    """Run (or finish) a tokenize job; returns the manifest written last. See the module docstring."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    import tokenizer
+
+    t0 = time.time()
+    model = tokenizer.load(cfg.tokenizer)
+    info = _tokenizer_info(model, cfg.augmentations)
+    listing = list_source(cfg.source, layout=cfg.layout, split=cfg.split, label_map=cfg.label_map,
+                          val_labels=cfg.val_labels)
+    units = plan_units(listing.items, cfg.unit_size)
+    log.info("%s: %d images (+%d listing errors) in %d units of %d", cfg.source, len(listing.items),
+             len(listing.errors), len(units), cfg.unit_size)
+    fs, root = url_to_fs(cfg.out)
+    _check_job(fs, root, _job_spec(cfg, info, listing), resume=cfg.resume, out=cfg.out)
+    records = _done_units(fs, root, len(units))
+    pending = [u for u in range(len(units)) if u not in records]
+    log.info("%d units done already, %d to run", len(records), len(pending))
+
+    if pending:
+        started = _ray_init(cfg.ray_address)
+        try:
+            ctx = DataContext.get_current()
+            ctx.enable_progress_bars = False
+            ctx.execution_options.preserve_order = False
+            plan = plan_resources(ray.cluster_resources(), device=cfg.device, num_encoders=cfg.num_encoders)
+            log.info("resources: %s", plan)
+            payload_ref = ray.put(encoder_payload(model))
+            rows = [{"unit": u, "items": json.dumps([it.to_list() for it in units[u]])} for u in pending]
+            ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+            ds = ds.map_batches(decode_unit, batch_size=1, batch_format="numpy", num_cpus=plan.decode_cpus,
+                                fn_kwargs={"image_size": info.image_size, "augmentations": cfg.augmentations})
+            ds = ds.map_batches(
+                EncodeUnits, batch_size=1, batch_format="numpy",
+                compute=ActorPoolStrategy(min_size=1, max_size=plan.num_encoders),
+                num_cpus=plan.encoder_cpus, num_gpus=plan.encoder_gpus or None,
+                fn_constructor_args=([payload_ref],),
+                fn_constructor_kwargs=dict(device=plan.device, precision=cfg.precision, batch_size=cfg.batch_size,
+                                           search=cfg.search, torch_threads=plan.torch_threads,
+                                           image_size=info.image_size, n_views=info.n_aug,
+                                           latent=info.latent_h, token_dtype=info.token_dtype.name))
+            with ThreadPoolExecutor(max_workers=cfg.write_threads) as pool:
+                futures = [pool.submit(_write_unit, cfg.out, fs, root, row, info, cfg.formats)
+                           for row in ds.iter_rows()]
+                for f in futures:
+                    rec = f.result()
+                    records[rec["unit"]] = rec
+                    log.info("unit %d: %d samples, %d errors", rec["unit"], rec["samples"], len(rec["errors"]))
+        finally:
+            if started:
+                ray.shutdown()
+    if len(records) != len(units):
+        missing = sorted(set(range(len(units))) - set(records))[:10]
+        raise RuntimeError(f"units {missing} produced no output; rerun to finish them")
+
+    errors = sorted([tuple(e) for r in records.values() for e in r["errors"]] + list(listing.errors))
+    err_data = "".join(json.dumps({"key": k, "reason": r}) + "\n" for k, r in errors).encode()
+    _put_bytes(fs, join(root, ERRORS_FILE), err_data)
+    shards = [ShardInfo(**s) for u in sorted(records) for s in records[u]["shards"]]
+    samples = sum(r["samples"] for r in records.values())
+    manifest = Manifest(
+        tokenizer=info, shards=shards, classes=listing.classes,
+        source={"uri": cfg.source, "layout": listing.layout, "split": listing.split,
+                "image_count": len(listing.items) + len(listing.errors)},
+        counts={"images": len(listing.items) + len(listing.errors), "samples": samples, "errors": len(errors)},
+        error_report=ERRORS_FILE,
+        extra={"unit_size": cfg.unit_size, "label_map": cfg.label_map, "num_classes": len(listing.classes),
+               "listing_sha256": listing_fingerprint(listing), "precision": cfg.precision, "search": cfg.search})
+    write_manifest(cfg.out, manifest)
+    dt = time.time() - t0
+    log.info("wrote %s: %d samples, %d errors in %.1f s", cfg.out, samples, len(errors), dt)
+    return TokenizeResult(cfg.out, manifest, len(units), len(pending), len(units) - len(pending), dt)
+
+
+def config_to_dict(cfg: TokenizeConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
