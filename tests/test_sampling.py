@@ -14,6 +14,15 @@ from transformer.sampling import (ArrayNoise, SeededNoise, decode, guidance_weig
 from transformer.schedules import SCHEDULES, mask_ratio
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine run far faster on one thread (no spin contention)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
