@@ -1,0 +1,343 @@
+"""The training token stream: a deterministic, seekable IterableDataset over token shards.
+
+Order (a pure function of ``(seed, epoch)`` and the manifest's per-shard counts):
+
+1. shards are permuted; each shard is cut into blocks of ``block_size`` rows, and the blocks of
+   each shard are permuted -> the epoch's *block sequence* (every sample exactly once);
+2. a bounded shuffle buffer: the block sequence is cut into windows of ``shuffle_buffer``
+   samples and each window is permuted (its own seed) -> the epoch's *sample order*.
+
+Epochs follow each other as one infinite stream; global stream index ``g`` is sample
+``g % total`` of epoch ``g // total``. Each stored sample holds ``n_aug`` augmented token grids;
+which one is used is a hash of ``(seed, epoch, sample id)``.
+
+Distribution: micro-step ``s`` of the whole job consumes the contiguous range
+``[start + s*W*B, start + (s+1)*W*B)`` of the stream; rank ``r`` of ``W`` takes the slice
+``[.. + r*B, .. + (r+1)*B)``. DataLoader worker ``w`` of ``n`` produces the rank's local batches
+``w, w+n, ...`` (the DataLoader interleaves them back in order), so the batch sequence does not
+depend on the number of workers. Because the job consumes a prefix of the stream, resuming at a
+global sample index on any world size continues exactly there: ``seek`` is arithmetic over the
+manifest counts (which window, which block, which row group), no earlier data is read.
+
+Reading: Parquet shards are read per row group (only those covering the needed blocks);
+WebDataset shards (gzip'd tars have no random access) are read whole and checksum-verified.
+Decoded units are cached (LRU, bounded by about two shuffle windows).
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .shards import (FORMATS, Manifest, ShardError, ShardInfo, check_compatible, join, read_manifest, read_shard,
+                     url_to_fs)
+
+__all__ = ["StreamConfig", "TokenStream", "epoch_blocks", "stream_positions", "aug_index", "rank_positions",
+           "StreamPlan"]
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- pure order math
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) & 0xFFFFFFFF for k in key])
+
+
+def epoch_blocks(counts: list[int] | np.ndarray, block_size: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's block sequence: (n_blocks, 3) int64 rows ``[shard, start_row, end_row)``.
+
+    Shards in a permuted order; within each shard its blocks permuted. Empty shards vanish.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    rows = []
+    for shard in _rng(seed, epoch, 0).permutation(len(counts)):
+        n = int(counts[shard])
+        if n == 0:
+            continue
+        starts = np.arange(0, n, block_size, dtype=np.int64)
+        starts = starts[_rng(seed, epoch, 1, shard).permutation(len(starts))]
+        rows.append(np.stack([np.full_like(starts, shard), starts, np.minimum(starts + block_size, n)], 1))
+    return np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
+
+
+class StreamPlan:
+    """Maps positions of the stream to (shard, row) without touching data; caches per epoch."""
+
+    def __init__(self, counts: list[int], *, block_size: int, shuffle_buffer: int, seed: int):
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.total = int(self.counts.sum())
+        if self.total == 0:
+            raise ShardError("the token dataset has no samples (all shards empty or skipped)")
+        self.block_size, self.shuffle_buffer, self.seed = block_size, shuffle_buffer, seed
+        self.first_id = np.concatenate([[0], np.cumsum(self.counts)[:-1]])  # sample id of each shard's row 0
+        self._epoch: int | None = None
+        self._windows: dict[int, np.ndarray] = {}
+
+    def _load_epoch(self, epoch: int) -> None:
+        if self._epoch != epoch:
+            self._blocks = epoch_blocks(self.counts, self.block_size, self.seed, epoch)
+            self._block_end = np.cumsum(self._blocks[:, 2] - self._blocks[:, 1])  # (n_blocks,)
+            self._epoch, self._windows = epoch, {}
+
+    def _window_perm(self, epoch: int, j: int) -> np.ndarray:
+        if j not in self._windows:
+            if len(self._windows) > 8:
+                self._windows.clear()
+            size = min(self.shuffle_buffer, self.total - j * self.shuffle_buffer)
+            self._windows[j] = _rng(self.seed, epoch, 2, j).permutation(size)
+        return self._windows[j]
+
+    def locate(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Global stream indices (n,) -> (epoch, shard, row), each (n,) int64."""
+        g = np.asarray(g, dtype=np.int64)
+        epochs, pos = np.divmod(g, self.total)
+        shard = np.empty_like(g)
+        row = np.empty_like(g)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            self._load_epoch(int(e))
+            p = pos[sel]
+            win, off = np.divmod(p, self.shuffle_buffer)
+            q = np.empty_like(p)  # position in the block sequence
+            for j in np.unique(win):
+                wsel = win == j
+                q[wsel] = j * self.shuffle_buffer + self._window_perm(int(e), int(j))[off[wsel]]
+            b = np.searchsorted(self._block_end, q, side="right")  # block of each position
+            before = np.where(b > 0, self._block_end[np.maximum(b - 1, 0)], 0)
+            shard[sel] = self._blocks[b, 0]
+            row[sel] = self._blocks[b, 1] + (q - before)
+        return epochs, shard, row
+
+
+def stream_positions(counts: list[int], g: np.ndarray, *, block_size: int, shuffle_buffer: int, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pure function: stream indices -> (epoch, shard, row)."""
+    return StreamPlan(counts, block_size=block_size, shuffle_buffer=shuffle_buffer, seed=seed).locate(g)
+
+
+def rank_positions(start: int, local_batch: int, *, rank: int, world_size: int, batch_size: int) -> np.ndarray:
+    """Stream indices of rank ``rank``'s local batch number ``local_batch`` (B,) int64."""
+    first = start + (local_batch * world_size + rank) * batch_size
+    return np.arange(first, first + batch_size, dtype=np.int64)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def aug_index(seed: int, epoch: np.ndarray, sample_id: np.ndarray, n_aug: int) -> np.ndarray:
+    """Which stored augmentation each sample uses this epoch: a hash, uniform over n_aug."""
+    if n_aug == 1:
+        return np.zeros(np.shape(sample_id), np.int64)
+    with np.errstate(over="ignore"):
+        key = (_splitmix64(np.asarray(epoch, np.uint64) + np.uint64(seed) * np.uint64(0x100000001B3))
+               ^ np.asarray(sample_id, np.uint64))
+    return (_splitmix64(key) % np.uint64(n_aug)).astype(np.int64)
+
+
+# ---------------------------------------------------------------- the dataset
+
+@dataclass(kw_only=True, frozen=True)
+class StreamConfig:
+    """Where the token shards are and how to order them."""
+
+    data: str
+    """Dataset root (directory or s3://bucket/prefix) holding manifest.json."""
+    batch_size: int
+    """Samples per rank per micro-step."""
+    format: str = "parquet"
+    """Shard format to read: 'parquet' or 'webdataset'."""
+    seed: int = 0
+    """Order seed; the order is a pure function of (seed, epoch)."""
+    block_size: int = 4096
+    """Rows per block (permuted within a shard); best a multiple of the Parquet row group."""
+    shuffle_buffer: int = 16384
+    """Samples per shuffle window (memory bound of the shuffle)."""
+    augment: bool = True
+    """Pick a random stored augmentation per sample per epoch (False: always the first)."""
+    skip_bad_shards: bool = False
+    """Skip missing/corrupt shards and count them, instead of failing."""
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown shard format {self.format!r}; choose one of {list(FORMATS)}")
+        for name in ("batch_size", "block_size", "shuffle_buffer"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"stream {name} must be positive, got {getattr(self, name)}")
+
+
+class TokenStream(IterableDataset):
+    """Yields batches ``{'images': (B, h*w) int64, 'labels': (B,), 'index': (B,), 'sample_id': (B,),
+    'aug': (B,)}`` for one rank, from global stream index ``start`` on (use ``batch_size=None`` in
+    the DataLoader). ``index`` is the global stream position, ``sample_id`` the manifest-order id.
+    """
+
+    def __init__(self, cfg: StreamConfig, *, codebook_size: int, latent_size: int, num_classes: int | None = None,
+                 rank: int = 0, world_size: int = 1, start: int = 0, num_batches: int | None = None,
+                 storage_options: dict[str, Any] | None = None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside [0, world_size={world_size})")
+        self.cfg, self.rank, self.world_size, self.start = cfg, rank, world_size, int(start)
+        self.num_batches = num_batches
+        self.storage_options = dict(storage_options or {})
+        self.manifest: Manifest = read_manifest(cfg.data, **self.storage_options)
+        check_compatible(self.manifest, codebook_size=codebook_size, latent_size=latent_size, source=cfg.data)
+        ncls = len(self.manifest.classes)
+        if num_classes is not None and ncls > num_classes:
+            raise ShardError(f"{cfg.data}: the dataset has {ncls} classes, the model {num_classes}; pick a model "
+                             f"config with num_classes>={ncls} (plus one if training with class dropout)")
+        self.info = self.manifest.tokenizer
+        self.shards: list[ShardInfo] = self.manifest.shards_of(cfg.format)
+        self.bad = self._check_files()
+        counts = [0 if i in self.bad else s.samples for i, s in enumerate(self.shards)]
+        self.skipped_samples = sum(s.samples for i, s in enumerate(self.shards) if i in self.bad)
+        self.plan = StreamPlan(counts, block_size=cfg.block_size, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+        self.epoch_size = self.plan.total
+        self._cache: OrderedDict[tuple[int, int], tuple[int, np.ndarray, np.ndarray]] = OrderedDict()
+        self._files: dict[int, pq.ParquetFile] = {}
+
+    # -- checks
+    def _check_files(self) -> dict[int, str]:
+        """Missing or wrong-size shards (one listing per directory): error, or skip with the flag."""
+        fs, root = url_to_fs(self.cfg.data, **self.storage_options)
+        sizes: dict[str, int] = {}
+        for d in sorted({join(root, s.path).rsplit("/", 1)[0] for s in self.shards}):
+            fs.invalidate_cache(d)
+            try:
+                sizes.update({e["name"].rstrip("/"): int(e.get("size") or 0) for e in fs.ls(d, detail=True)})
+            except FileNotFoundError:
+                pass
+        bad: dict[int, str] = {}
+        for i, s in enumerate(self.shards):
+            full = join(root, s.path)
+            size = sizes.get(full)
+            if size is None:
+                bad[i] = f"{full}: shard listed in the manifest is missing"
+            elif size != s.bytes:
+                bad[i] = f"{full}: shard is corrupt (size {size} bytes, the manifest says {s.bytes})"
+        if bad and not self.cfg.skip_bad_shards:
+            first = next(iter(bad.values()))
+            raise ShardError(f"{first}{'' if len(bad) == 1 else f' (and {len(bad) - 1} more bad shards)'}; restore "
+                             "it or re-run `maskgit-pipeline tokenize ... --resume`, or pass skip_bad_shards=true "
+                             "to train without it")
+        for msg in bad.values():
+            log.warning("skipping: %s", msg)
+        return bad
+
+    # -- reading
+    def _unit_key(self, shard: int, row: int) -> tuple[int, int]:
+        if self.cfg.format == "webdataset":
+            return shard, 0
+        return shard, row // self._row_group(shard)
+
+    def _parquet(self, shard: int) -> pq.ParquetFile:
+        if shard not in self._files:
+            fs, root = url_to_fs(self.cfg.data, **self.storage_options)
+            full = join(root, self.shards[shard].path)
+            try:
+                self._files[shard] = pq.ParquetFile(fs.open(full, "rb"))
+            except FileNotFoundError as e:
+                raise ShardError(f"{full}: shard listed in the manifest is missing; restore it or re-run tokenize "
+                                 "--resume, or pass skip_bad_shards=true") from e
+            except Exception as e:
+                raise ShardError(f"{full}: cannot open Parquet shard ({type(e).__name__}: {e}); delete it and "
+                                 "re-run tokenize --resume, or pass skip_bad_shards=true") from e
+            md = self._files[shard].metadata
+            sizes = {md.row_group(g).num_rows for g in range(md.num_row_groups - 1)}
+            if len(sizes) > 1:
+                raise ShardError(f"{full}: row groups of unequal size {sorted(sizes)}; rewrite it with shards.py")
+        return self._files[shard]
+
+    def _row_group(self, shard: int) -> int:
+        md = self._parquet(shard).metadata
+        return md.row_group(0).num_rows if md.num_row_groups else 1
+
+    def _load_unit(self, key: tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray]:
+        """(first row, labels (n,), tokens (n, n_aug, h, w)) of one row group / whole shard."""
+        shard, unit = key
+        s = self.shards[shard]
+        shape = (self.info.n_aug, self.info.latent_h, self.info.latent_w)
+        if self.cfg.format == "webdataset":
+            rows = read_shard(self.cfg.data, s, self.info, verify=True, **self.storage_options)
+            return 0, rows.labels, rows.tokens
+        pf = self._parquet(shard)
+        try:
+            t = pf.read_row_group(unit, columns=["label", "tokens"])
+            tokens = t.column("tokens").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            labels = t.column("label").to_numpy().astype(np.int64)
+        except Exception as e:
+            raise ShardError(f"{join(self.cfg.data, s.path)}: cannot decode row group {unit} ({type(e).__name__}: "
+                             f"{e}); delete it and re-run tokenize --resume, or pass skip_bad_shards=true") from e
+        return unit * self._row_group(shard), labels, tokens.reshape((t.num_rows, *shape))
+
+    def _unit(self, key: tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray]:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        value = self._load_unit(key)
+        self._cache[key] = value
+        budget = 2 * self.cfg.shuffle_buffer + 2 * max(len(v[1]) for v in self._cache.values())
+        while sum(len(v[1]) for v in self._cache.values()) > budget and len(self._cache) > 1:
+            self._cache.popitem(last=False)
+        return value
+
+    # -- batches
+    def batch_at(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
+        """The batch at the given global stream positions (B,)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        epoch, shard, row = self.plan.locate(positions)
+        sample_id = self.plan.first_id[shard] + row
+        aug = (aug_index(self.cfg.seed, epoch, sample_id, self.info.n_aug) if self.cfg.augment
+               else np.zeros_like(sample_id))
+        n = len(positions)
+        images = np.empty((n, self.info.latent_h * self.info.latent_w), np.int64)
+        labels = np.empty((n,), np.int64)
+        keep = np.ones((n,), bool)
+        if self.cfg.format == "webdataset":
+            unit = np.zeros_like(row)
+        else:
+            unit = row // np.array([self._row_group(int(s)) for s in shard])
+        for s, u in sorted(set(zip(shard.tolist(), unit.tolist()))):
+            sel = np.nonzero((shard == s) & (unit == u))[0]
+            try:
+                first, lab, tok = self._unit((s, u))
+            except ShardError as e:
+                if not self.cfg.skip_bad_shards:
+                    raise
+                log.warning("skipping %d samples of a bad shard: %s", len(sel), e)
+                keep[sel] = False
+                self.skipped_samples += len(sel)
+                continue
+            r = row[sel] - first
+            images[sel] = tok[r, aug[sel]].reshape(len(sel), -1)
+            labels[sel] = lab[r]
+        if not keep.any():
+            raise ShardError("every sample of a batch came from bad shards; fix the dataset")
+        out = {"images": images[keep], "labels": labels[keep], "index": positions[keep],
+               "sample_id": sample_id[keep], "aug": aug[keep]}
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        k = wid
+        while self.num_batches is None or k < self.num_batches:
+            yield self.batch_at(rank_positions(self.start, k, rank=self.rank, world_size=self.world_size,
+                                               batch_size=self.cfg.batch_size))
+            k += nw
+
+    def position_after(self, local_batches: int) -> int:
+        """Global stream index after every rank consumed ``local_batches`` batches (the resume point)."""
+        return self.start + local_batches * self.world_size * self.cfg.batch_size
