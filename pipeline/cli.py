@@ -82,6 +82,8 @@ def convert_to_official_cmd(checkpoint, out) -> None:
 
 # --- command registrations: each area keeps its commands in pipeline/cli_<area>.py ---
 # (one `from . import cli_x` line plus `cli_x.register(cli)` per area, below)
+from . import cli_tokenize  # noqa: E402
+cli_tokenize.register(cli)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -280,7 +281,7 @@ def _ray_init(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     kw = dict(logging_level=logging.WARNING, log_to_driver=False)
-    if address:
+    if address or os.environ.get("RAY_ADDRESS"):  # RAY_ADDRESS: set by `ray job submit`
         ray.init(address=address, **kw)
     else:
         ray.init(include_dashboard=False, **kw)

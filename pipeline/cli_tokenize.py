@@ -1,0 +1,122 @@
+"""CLI: ``tokenize``, ``verify`` and ``inspect`` (token datasets). Prints and exits; the library logs."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .preprocess import AUGMENTATIONS
+from .sources import LABEL_MAPS, LAYOUTS
+
+__all__ = ["register", "tokenize_cmd", "verify_cmd", "inspect_cmd"]
+
+_FORMATS = {"parquet": ("parquet",), "webdataset": ("webdataset",), "both": ("parquet", "webdataset")}
+
+
+@click.command("tokenize")
+@click.argument("source")
+@click.argument("out")
+@click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Tokenizer checkpoint directory (model.safetensors + config.json).")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True, help="Source layout.")
+@click.option("--split", default=None, help="train or val, for an ImageNet root holding both (default train).")
+@click.option("--label-map", type=click.Choice(LABEL_MAPS), default="sorted", show_default=True,
+              help="Labels: position in the sorted class ids, or the ImageNet-1k index (for subsets).")
+@click.option("--val-labels", default=None, help="Ground truth for a flat val folder (LOC_val_solution.csv).")
+@click.option("--format", "fmt", type=click.Choice(sorted(_FORMATS)), default="parquet", show_default=True,
+              help="Shard format(s) to write.")
+@click.option("--augment", "augment", multiple=True, type=click.Choice(AUGMENTATIONS),
+              help="Also store these views (repeatable): hflip, tencrop (from a 1.1x resize).")
+@click.option("--unit-size", type=int, default=256, show_default=True, help="Images per work unit / shard.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per encoder forward pass.")
+@click.option("--search", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True,
+              help="Nearest-code search backend (identical ids).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Encoder device; auto uses GPU actors when the cluster has GPUs.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Encoder precision.")
+@click.option("--num-encoders", type=int, default=None, help="Encoder actors (default: one per GPU).")
+@click.option("--ray-address", default=None, help="Ray cluster to use (default: start a local one).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT (fail if there is none).")
+def tokenize_cmd(source, out, tokenizer_dir, layout, split, label_map, val_labels, fmt, augment, unit_size,
+                 batch_size, search, device, precision, num_encoders, ray_address, resume) -> None:
+    """Tokenize the images of SOURCE into token shards in OUT (local path or s3://, gs://).
+
+    Exactly once: a rerun (or --resume) skips finished work units; manifest.json is written last.
+
+    \b
+    Example:
+      maskgit-pipeline tokenize /data/imagenet ckpt/tokens-train --tokenizer ckpt/official256/tokenizer \\
+          --split train --format both --augment hflip
+    """
+    from .tokenize_job import TokenizeConfig, run_tokenize
+
+    cfg = TokenizeConfig(source=source, out=out, tokenizer=tokenizer_dir, layout=layout, split=split,
+                         label_map=label_map, val_labels=val_labels, formats=_FORMATS[fmt],
+                         augmentations=tuple(augment), unit_size=unit_size, batch_size=batch_size, search=search,
+                         device=device, precision=precision, num_encoders=num_encoders, ray_address=ray_address,
+                         resume=resume)
+    r = run_tokenize(cfg)
+    c = r.manifest.counts
+    click.echo(f"{out}: {c['samples']} samples, {c['errors']} errors of {c['images']} images; "
+               f"{r.units_run} units run, {r.units_skipped} already done; {r.seconds:.1f} s")
+
+
+@click.command("verify")
+@click.argument("out")
+@click.option("--source", default=None, help="Also check against this source's listing (every image once).")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True)
+@click.option("--split", default=None, help="Source split (default: the one in the manifest).")
+@click.option("--val-labels", default=None, help="Ground truth for a flat val source.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_cmd(out, source, layout, split, val_labels, as_json) -> None:
+    """Check a token dataset: manifest vs shards (counts, checksums, unique keys), and with --source
+    that every source image is in exactly one shard or the error report. Exit 1 on problems.
+
+    \b
+    Example:
+      maskgit-pipeline verify ckpt/tokens-train --source /data/imagenet
+    """
+    from .verify import verify_dataset
+
+    rep = verify_dataset(out, source=source, layout=layout, split=split, val_labels=val_labels)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=1))
+    else:
+        for p in rep.problems:
+            click.echo(f"problem: {p}")
+        src = f", source {rep.source_images} images" if rep.source_images is not None else ""
+        click.echo(f"{'OK' if rep.ok else 'FAILED'}: {rep.shards} shards, {rep.samples} samples, "
+                   f"{rep.errors} errors{src}")
+    if not rep.ok:
+        sys.exit(1)
+
+
+@click.command("inspect")
+@click.argument("out")
+@click.option("--tokenizer", "tokenizer_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Tokenizer that made OUT; with it, a PNG grid of decoded samples is written.")
+@click.option("--report-dir", default="inspect_report", show_default=True, help="Where to write JSON and PNGs.")
+@click.option("--samples", "num_samples", type=int, default=16, show_default=True, help="Samples in the grid.")
+def inspect_cmd(out, tokenizer_dir, report_dir, num_samples) -> None:
+    """Per-class counts, codebook usage histogram, perplexity, dead codes, and decoded samples.
+
+    \b
+    Example:
+      maskgit-pipeline inspect ckpt/tokens-train --tokenizer ckpt/official256/tokenizer --report-dir rep/
+    """
+    from .inspect_tokens import inspect_dataset
+
+    rep = inspect_dataset(out, report_dir=report_dir, tokenizer_dir=tokenizer_dir, num_samples=num_samples)
+    u = rep.usage
+    click.echo(f"{rep.samples} samples in {len(rep.class_counts)} classes; codes used {u['used_codes']}/"
+               f"{len(u['counts'])}, dead {u['dead_codes']}, perplexity {u['perplexity']:.1f}")
+    for name, path in rep.files.items():
+        click.echo(f"{name}: {path}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(tokenize_cmd)
+    cli.add_command(verify_cmd)
+    cli.add_command(inspect_cmd)
