@@ -1,0 +1,93 @@
+"""Generation metrics as pure functions of features / class probabilities (numpy in, floats out).
+
+- FID: Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017).
+- IS: exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016), optionally over splits.
+- Precision / recall: k-NN manifold estimate (Kynkäänniemi et al. 2019): a sample is "inside"
+  the other set's manifold if it lies within the k-th-nearest-neighbour radius of one of its points.
+- Classifier accuracy on generated images (the issue's CAS): top-1 / top-5 of a classifier
+  trained on real data, against the labels the images were generated for.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import linalg
+
+__all__ = ["feature_stats", "frechet_distance", "fid_from_features", "inception_score", "knn_radii",
+           "precision_recall", "topk_accuracy"]
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) -> (mu (D,), sigma (D, D)), float64, unbiased covariance (as the reference FID code)."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"features must be (N >= 2, D), got {f.shape}")
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     *, eps: float = 1e-6) -> float:
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)); sqrtm via scipy, eps*I added if it is singular."""
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape:
+        raise ValueError(f"feature statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs "
+                         f"{s2.shape}; both sides must come from the same feature extractor")
+    diff = mu1 - mu2
+    covmean, _ = linalg.sqrtm(s1.dot(s2), disp=False)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
+    if np.iscomplexobj(covmean):
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    return frechet_distance(*feature_stats(real), *feature_stats(fake))
+
+
+def inception_score(probs: np.ndarray, *, splits: int = 1) -> tuple[float, float]:
+    """probs (N, C) rows summing to 1 -> (mean, std) of exp(E KL(p(y|x) || p(y))) over ``splits``."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or not np.allclose(p.sum(1), 1.0, atol=1e-4):
+        raise ValueError(f"probs must be (N, C) with rows summing to 1, got shape {p.shape}")
+    scores = []
+    for part in np.array_split(p, splits):
+        py = part.mean(0, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = np.where(part > 0, part * (np.log(part) - np.log(py)), 0.0).sum(1)
+        scores.append(float(np.exp(kl.mean())))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def _cdist(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    return torch.cat([torch.cdist(a[i:i + chunk], b) for i in range(0, a.shape[0], chunk)])
+
+
+def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
+    """Distance of each point to its k-th nearest other point of the same set. (N,) float64."""
+    f = torch.as_tensor(np.asarray(features, dtype=np.float64))
+    if f.shape[0] <= k:
+        raise ValueError(f"need more than k={k} points for k-NN radii, got {f.shape[0]}")
+    d = _cdist(f, f)  # (N, N), self at distance 0 is the 0-th neighbour
+    return torch.kthvalue(d, k + 1, dim=1).values.numpy()
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, *, k: int = 3) -> tuple[float, float]:
+    """k-NN manifold precision (fake inside the real manifold) and recall (real inside the fake one)."""
+    r = np.asarray(real, dtype=np.float64)
+    g = np.asarray(fake, dtype=np.float64)
+    rr, rg = knn_radii(r, k), knn_radii(g, k)
+    d = _cdist(torch.as_tensor(g), torch.as_tensor(r)).numpy()  # (Nf, Nr)
+    precision = float((d <= rr[None, :]).any(1).mean())
+    recall = float((d.T <= rg[None, :]).any(1).mean())
+    return precision, recall
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    """Fraction of rows whose label is among the k highest logits."""
+    lg = np.asarray(logits)
+    k = min(k, lg.shape[1])
+    top = np.argpartition(-lg, k - 1, axis=1)[:, :k]
+    return float((top == np.asarray(labels)[:, None]).any(1).mean())
