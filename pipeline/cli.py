@@ -84,6 +84,8 @@ def convert_to_official_cmd(checkpoint, out) -> None:
 # (one `from . import cli_x` line plus `cli_x.register(cli)` per area, below)
 from . import cli_tokenize  # noqa: E402
 cli_tokenize.register(cli)
+from . import cli_generate  # noqa: E402
+cli_generate.register(cli)
 
 
 def main() -> None:
