@@ -1,0 +1,315 @@
+"""The Ray Data tokenize job on a real local Ray (one per module): exactly once with bad input,
+rerun/resume, SIGKILL of the driver and of a worker, s3:// in and out via moto_server, inspect."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tokenizer
+from pipeline.preprocess import preprocess_bytes
+from pipeline.shards import read_manifest, read_shard
+from pipeline.sources import ItemReader, list_source
+from pipeline.tokenize_job import (JOB_DIR, TokenizeConfig, plan_resources, plan_units, run_tokenize)
+from pipeline.verify import read_error_report, verify_dataset
+from tokenize_data import BAD_KINDS, CONVERTIBLE, add_bad_file, make_imagenet_tree
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CLASSES = ("n01440764", "n01443537", "n01484850", "n01491361")
+UNIT, BATCH = 3, 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 API on loopback (moto_server), with dummy credentials in the environment."""
+    port = _free_port()
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY":
+                     "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            mp.setenv(k, v)
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    proc.kill()
+                    pytest.fail("moto_server did not start")
+                time.sleep(0.1)
+        yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ray_address(s3):
+    """One local Ray for the module, started after the S3 env so its workers see it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """40 real JPEGs in 4 ImageNet class folders, one of each bad kind, and a debug tokenizer."""
+    root = tmp_path_factory.mktemp("src")
+    make_imagenet_tree(root, per_class=10, classes=CLASSES)
+    bad = {kind: add_bad_file(root, kind) for kind in BAD_KINDS}
+    tok = tmp_path_factory.mktemp("tok")
+    torch.manual_seed(0)
+    tokenizer.save(tokenizer.build("debug"), tok)
+    return {"src": str(root), "tok": str(tok), "bad": bad}
+
+
+def _cfg(data, out, **kw) -> TokenizeConfig:
+    base = dict(source=data["src"], out=str(out), tokenizer=data["tok"], formats=("parquet", "webdataset"),
+                unit_size=UNIT, batch_size=BATCH)
+    base.update(kw)
+    return TokenizeConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def ref(data, ray_address, tmp_path_factory):
+    """An uninterrupted run: the reference the interrupted runs must equal."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    res = run_tokenize(_cfg(data, out))
+    return {"out": str(out), "result": res}
+
+
+def _digests(out: str) -> dict[str, str]:
+    """sha256 of every shard file and unit record (the run's durable output)."""
+    root = Path(out)
+    files = [*root.glob("parquet/*"), *root.glob("wds/*"), *root.glob(f"{JOB_DIR}/units/*")]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
+
+
+def test_job_exactly_once_and_bad_inputs(data, ref):
+    out, res = ref["out"], ref["result"]
+    rep = verify_dataset(out, source=data["src"])
+    assert rep.ok, rep.problems
+    m = read_manifest(out)
+    n_listed = 40 + len(BAD_KINDS)
+    assert m.counts == {"images": n_listed, "samples": rep.samples, "errors": rep.errors}
+    assert rep.samples == 40 + len(CONVERTIBLE) and rep.source_images == n_listed
+    assert m.formats == ["parquet", "webdataset"] and res.units_run == res.units_total
+    errors = dict(read_error_report(out, m.error_report))
+    keys = set()
+    for s in m.shards_of("parquet"):
+        keys |= set(read_shard(out, s, m.tokenizer).keys)
+    for kind, key in data["bad"].items():
+        if kind in CONVERTIBLE:
+            assert key in keys and key not in errors, kind
+        else:
+            assert key in errors and key not in keys and errors[key], kind
+    assert "no class folder" in errors[data["bad"]["no_class_folder"]]
+    assert "empty file" in errors[data["bad"]["zero_byte"]]
+    assert [c["id"] for c in m.classes] == list(CLASSES) and m.classes[0]["name"].startswith("tench")
+    # manifest.json is written last
+    shard_mtimes = [p.stat().st_mtime for p in Path(out).glob("*/*") if p.is_file()]
+    assert (Path(out) / "manifest.json").stat().st_mtime >= max(shard_mtimes)
+
+
+def test_shard_tokens_equal_the_tokenizer_on_the_preprocessed_images(data, ref):
+    """Shard contents = encoding each unit's crops directly (same fixed chunks), label per key."""
+    m = read_manifest(ref["out"])
+    model = tokenizer.load(data["tok"])
+    lst = list_source(data["src"])
+    reader = ItemReader()
+    for unit, items in enumerate(plan_units(lst.items, UNIT)):
+        rows = read_shard(ref["out"], m.shards_of("webdataset")[unit], m.tokenizer)
+        ok = [(it, preprocess_bytes(reader.read(it), 32)) for it in items if it.key in set(rows.keys)]
+        assert [it.key for it, _ in ok] == rows.keys and [it.label for it, _ in ok] == rows.labels.tolist()
+        if not ok:
+            continue
+        x = torch.from_numpy(np.concatenate([v for _, v in ok])).float() / 255.0
+        with torch.inference_mode():
+            ids = torch.cat([model.encode(c) for c in x.split(BATCH)])
+        assert np.array_equal(rows.tokens[:, 0], ids.numpy())
+
+
+def test_rerun_skips_finished_units_and_checks_settings(data, ref, tmp_path):
+    before = _digests(ref["out"])
+    res = run_tokenize(_cfg(data, ref["out"], resume=True))
+    assert res.units_run == 0 and res.units_skipped == res.units_total
+    assert _digests(ref["out"]) == before
+    with pytest.raises(ValueError, match="different.*unit_size"):
+        run_tokenize(_cfg(data, ref["out"], unit_size=UNIT + 1))
+    with pytest.raises(ValueError, match="no tokenize run to resume"):
+        run_tokenize(_cfg(data, tmp_path / "empty", resume=True))
+
+
+def _driver(data, out, address) -> subprocess.Popen:
+    cmd = [str(BIN / "maskgit-pipeline"), "tokenize", data["src"], str(out), "--tokenizer", data["tok"],
+           "--format", "both", "--unit-size", str(UNIT), "--batch-size", str(BATCH), "--ray-address", address]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _records(out) -> int:
+    d = Path(out) / JOB_DIR / "units"
+    return len(list(d.glob("*.json"))) if d.is_dir() else 0
+
+
+def _wait_for(pred, proc, timeout=120.0) -> None:
+    deadline = time.time() + timeout
+    while not pred():
+        if proc.poll() is not None or time.time() > deadline:
+            return
+        time.sleep(0.02)
+
+
+def _check_equal_to_reference(data, ref, out) -> None:
+    rep = verify_dataset(str(out), source=data["src"])
+    assert rep.ok, rep.problems
+    assert _digests(str(out)) == _digests(ref["out"])
+    assert read_error_report(str(out), "errors.jsonl") == read_error_report(ref["out"], "errors.jsonl")
+
+
+def test_sigkill_driver_at_a_random_point_then_rerun(data, ref, ray_address, tmp_path):
+    seed = int(os.environ.get("KILL_SEED", time.time_ns() % 10_000))
+    rng = random.Random(seed)
+    n_units = ref["result"].units_total
+    out = tmp_path / "out"
+    proc = _driver(data, out, ray_address)
+    target = rng.randint(0, n_units // 2)
+    if target == 0:
+        time.sleep(rng.uniform(0.5, 4.0))  # anywhere in start-up, listing or the first units
+    else:
+        _wait_for(lambda: _records(out) >= target, proc)
+    killed_running = proc.poll() is None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = _records(out)
+    res = run_tokenize(_cfg(data, out))  # the rerun (no --resume needed)
+    assert res.units_skipped == done_before, f"seed {seed}"
+    if killed_running:
+        assert not (out / "manifest.json").exists() or done_before == n_units or res.units_run > 0
+    _check_equal_to_reference(data, ref, out)
+
+
+def _encoder_pids() -> list[int]:
+    import psutil
+
+    pids = []
+    for p in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if "EncodeUnits" in " ".join(p.cmdline()):
+                pids.append(p.pid)
+        except psutil.Error:
+            pass
+    return pids
+
+
+def test_sigkill_worker_then_rerun(data, ref, ray_address, tmp_path):
+    out = tmp_path / "out"
+    proc = _driver(data, out, ray_address)
+    _wait_for(lambda: _records(out) >= 1 and _encoder_pids(), proc)
+    victims = _encoder_pids()
+    assert victims and proc.poll() is None, "the job finished before a worker could be killed"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=180)  # Ray restarts the actor and retries its unit, or the driver fails
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    res = run_tokenize(_cfg(data, out))
+    assert res.units_run + res.units_skipped == res.units_total
+    _check_equal_to_reference(data, ref, out)
+
+
+def test_s3_tar_of_tars_in_and_out_with_hflip(data, ray_address, s3, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3})
+    fs.mkdir("tok-bucket")
+    outer = tmp_path / "ILSVRC2012_img_train.tar"
+    train = Path(data["src"]) / "train"
+    with tarfile.open(outer, "w") as o:
+        for wnid in CLASSES[:2]:
+            inner = tmp_path / f"{wnid}.tar"
+            with tarfile.open(inner, "w") as t:
+                for f in sorted((train / wnid).glob(f"{wnid}_[0-9]*.JPEG"))[:5]:
+                    t.add(f, arcname=f.name)
+            o.add(inner, arcname=inner.name)
+    fs.put(str(outer), "tok-bucket/imagenet/ILSVRC2012_img_train.tar")
+    src, out = "s3://tok-bucket/imagenet/ILSVRC2012_img_train.tar", "s3://tok-bucket/tokens"
+    res = run_tokenize(TokenizeConfig(source=src, out=out, tokenizer=data["tok"], augmentations=("hflip",),
+                                      unit_size=4, batch_size=BATCH, search="faiss"))
+    assert res.manifest.source["layout"] == "tar-of-tars" and res.manifest.counts["samples"] == 10
+    rep = verify_dataset(out, source=src)
+    assert rep.ok, rep.problems
+    m = read_manifest(out)
+    rows = read_shard(out, m.shards_of("parquet")[0], m.tokenizer)
+    assert m.tokenizer.augmentations == ("center", "center_hflip") and rows.tokens.shape[1:] == (2, 8, 8)
+    assert fs.exists("tok-bucket/tokens/manifest.json") and fs.exists("tok-bucket/tokens/errors.jsonl")
+
+
+def test_verify_catches_a_corrupt_shard_and_cli_exit_codes(data, ref, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ref["out"], bad)
+    p = sorted((bad / "parquet").glob("*.parquet"))[1]
+    p.write_bytes(p.read_bytes()[:-10] + b"0123456789")
+    rep = verify_dataset(str(bad))
+    assert not rep.ok and any("corrupt" in x for x in rep.problems)
+    mp = [str(BIN / "maskgit-pipeline")]
+    r = subprocess.run(mp + ["verify", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1 and "FAILED" in r.stdout
+    r = subprocess.run(mp + ["verify", ref["out"], "--source", data["src"]], capture_output=True, text=True)
+    assert r.returncode == 0 and "OK" in r.stdout
+    r = subprocess.run(mp + ["tokenize", data["src"], str(tmp_path / "o"), "--tokenizer", data["tok"],
+                             "--unit-size", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unit_size" in r.stderr
+
+
+def test_inspect_report(data, ref, tmp_path):
+    from PIL import Image
+
+    from pipeline.inspect_tokens import inspect_dataset
+
+    rep = inspect_dataset(ref["out"], report_dir=tmp_path, tokenizer_dir=data["tok"], num_samples=10)
+    m = read_manifest(ref["out"])
+    u = rep.usage
+    assert u["counts"].sum() == rep.samples * 64 == u["tokens"]
+    assert 1.0 <= u["perplexity"] <= u["used_codes"] <= 64 and u["dead_codes"] == 64 - u["used_codes"]
+    assert sum(rep.class_counts.values()) == m.counts["samples"] and set(rep.class_counts) == set(CLASSES)
+    grid = Image.open(rep.files["samples_png"])
+    assert grid.size == (8 * 34 + 2, 2 * 34 + 2)
+    assert json.loads(Path(rep.files["json"]).read_text())["samples"] == rep.samples
+
+
+def test_plan_resources_never_takes_all_cpus():
+    p = plan_resources({"CPU": 2.0})
+    assert p.device == "cpu" and p.num_encoders == 1 and p.torch_threads == 2
+    assert p.encoder_cpus + p.decode_cpus < 2.0  # room for a decode task beside the actor
+    g = plan_resources({"CPU": 16.0, "GPU": 2.0})
+    assert g.device == "cuda" and g.num_encoders == 2 and g.encoder_gpus == 1.0 and g.decode_cpus == 1.0
+    assert 2 * g.encoder_cpus < 16
+    with pytest.raises(ValueError, match="no GPUs"):
+        plan_resources({"CPU": 4.0}, device="cuda")
