@@ -170,3 +170,39 @@ def test_edit_outpaint_grows_canvas(models):
     keep = res.weight[0:32, 8:40] == 0
     assert keep.any() and np.array_equal(orig[keep], img[keep])
     assert res.weight[35, 0] == 1.0
+
+
+def _run(args):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_cli_edit_commands(models, tmp_path):
+    from PIL import Image
+
+    model, vq = models
+    tokenizer.save(vq, tmp_path / "tok")
+    transformer.save(model, tmp_path / "mvtm")
+    src = (np.random.default_rng(4).random((40, 48, 3)) * 255).astype(np.uint8)  # not square: resized + cropped
+    Image.fromarray(src).save(tmp_path / "in.png")
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:20, 20:30] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    common = ["--checkpoint", str(tmp_path / "mvtm"), "--tokenizer", str(tmp_path / "tok"),
+              "--image", str(tmp_path / "in.png"), "--class", "2", "--device", "cpu"]
+    r = _run(["edit", "replace", *common, "--bbox", "8_8_8_8", "--out", str(tmp_path / "rep.png")])
+    assert r.exit_code == 0, r.output
+    assert "resize rule: input 48x40 -> shorter side to 32" in r.output
+    assert Image.open(tmp_path / "rep.png").size == (32, 32)
+    r = _run(["edit", "inpaint", *common, "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "inp.png"),
+              "--steps", "4"])
+    assert r.exit_code == 0, r.output
+    r = _run(["edit", "outpaint", *common, "--extend", "left=16,right=16", "--out", str(tmp_path / "out.png"),
+              "--steps", "4"])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "out.png").size == (64, 32)
+    r = _run(["edit", "outpaint", *common, "--extend", "up=16", "--out", str(tmp_path / "bad.png")])
+    assert r.exit_code == 2 and "SIDE=PIXELS" in r.output

@@ -125,3 +125,31 @@ def test_proxy_classifier_and_compute_metrics(tmp_path):
     np.savez(tmp_path / "stats_only.npz", mu=np.zeros(2048), sigma=np.eye(4))
     with pytest.raises(ValueError, match="same extractor"):
         compute_metrics(gen, classifier=clf, ref_stats=load_reference(tmp_path / "stats_only.npz"))
+
+
+def test_cli_eval_trains_proxy_and_reports(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    rng = np.random.default_rng(5)
+    real, labels = _colour_set(rng, 120)
+    gen, glab = _colour_set(rng, 60)
+    u8 = lambda x: (x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)  # noqa: E731
+    np.savez(tmp_path / "ref.npz", arr_0=u8(real), labels=labels)
+    np.savez(tmp_path / "gen.npz", images=u8(gen), labels=glab)
+    r = CliRunner().invoke(cli, ["eval", "--generated", str(tmp_path / "gen.npz"), "--reference",
+                                 str(tmp_path / "ref.npz"), "--classifier", str(tmp_path / "clf"),
+                                 "--train-classifier", "--epochs", "3", "--json", str(tmp_path / "m.json"),
+                                 "--save-reference", str(tmp_path / "stats.npz")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    import json
+
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["feature_extractor"].startswith("proxy:") and "proxy" in r.output
+    assert {"fid", "is_mean", "precision", "recall", "cas_top1", "cas_top5"} <= set(m)
+    # the saved statistics give the same FID without the images
+    r = CliRunner().invoke(cli, ["eval", "--generated", str(tmp_path / "gen.npz"), "--reference",
+                                 str(tmp_path / "stats.npz"), "--classifier", str(tmp_path / "clf")])
+    assert r.exit_code == 0, r.output
+    assert f"fid: {m['fid']:.4f}" in r.output

@@ -170,3 +170,60 @@ def test_decode_time_within_1_2x_of_T_forwards():
             if ratios[-1] < 1.2:
                 break
     assert min(ratios) < 1.2, ratios
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    import tokenizer
+
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    tokenizer.save(tokenizer.build("debug"), d / "tok")
+    transformer.save(transformer.build("debug", latent_size=8), d / "mvtm")
+    transformer.save(transformer.build("debug", latent_size=8, causal=True), d / "ar")
+    return d
+
+
+def _run(args):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_cli_sample_grid_images_steps_and_npz(ckpts, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    r = _run(["sample", "--checkpoint", str(ckpts / "mvtm"), "--tokenizer", str(ckpts / "tok"), "--classes", "1,2",
+              "--n", "3", "--steps", "8", "--schedule", "cosine", "--seed", "0", "--out", str(out), "--save-steps",
+              "--npz", str(tmp_path / "gen.npz"), "--batch-size", "4", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    singles = sorted((tmp_path / "grid").glob("*.png"))
+    assert [p.name for p in singles][:4] == ["00000_class1.png", "00001_class1.png", "00002_class1.png",
+                                             "00003_class2.png"] and len(singles) == 6
+    assert Image.open(singles[0]).size == (32, 32)
+    assert Image.open(out).size == (3 * 34 + 2, 2 * 34 + 2)  # 3 per row, 2 px padding
+    strip = Image.open(tmp_path / "grid" / "steps" / "00000_class1.png")
+    assert strip.size == (8 * 34 + 2, 2 * 34 + 2)  # 8 steps x (kept, prediction)
+    z = np.load(tmp_path / "gen.npz")
+    assert z["images"].shape == (6, 32, 32, 3) and z["labels"].tolist() == [1, 1, 1, 2, 2, 2]
+    # same seed -> same files, batch size notwithstanding
+    r = _run(["sample", "--checkpoint", str(ckpts / "mvtm"), "--tokenizer", str(ckpts / "tok"), "--classes", "1,2",
+              "--n", "3", "--seed", "0", "--out", str(tmp_path / "again.png"), "--batch-size", "6",
+              "--device", "cpu"])
+    assert r.exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / "00004_class2.png")),
+                          np.asarray(Image.open(tmp_path / "grid" / "00004_class2.png")))
+
+
+def test_cli_sample_ar_and_errors(ckpts, tmp_path):
+    base = ["sample", "--tokenizer", str(ckpts / "tok"), "--classes", "3", "--n", "2", "--device", "cpu"]
+    r = _run(base + ["--checkpoint", str(ckpts / "ar"), "--ar", "--out", str(tmp_path / "ar.png")])
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "ar").glob("*.png"))) == 2
+    r = _run(base + ["--checkpoint", str(ckpts / "ar"), "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 2 and "add --ar" in r.output
+    r = _run(base + ["--checkpoint", str(ckpts / "mvtm"), "--schedule", "zigzag", "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 2 and "cosine" in r.output
