@@ -204,6 +204,8 @@ class TokenStream(IterableDataset):
         counts = [0 if i in self.bad else s.samples for i, s in enumerate(self.shards)]
         self.skipped_samples = sum(s.samples for i, s in enumerate(self.shards) if i in self.bad)
         self.plan = StreamPlan(counts, block_size=cfg.block_size, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+        full = np.array([s.samples for s in self.shards], np.int64)
+        self.plan.first_id = np.concatenate([[0], np.cumsum(full)[:-1]])  # ids stay stable when shards are skipped
         self.epoch_size = self.plan.total
         self._cache: OrderedDict[tuple[int, int], tuple[int, np.ndarray, np.ndarray]] = OrderedDict()
         self._files: dict[int, pq.ParquetFile] = {}

@@ -1,0 +1,243 @@
+"""The training token stream: order, exactly-once, seek/resume, augmentations, errors, s3."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import shards as sh
+from pipeline.stream import (StreamConfig, StreamPlan, TokenStream, aug_index, epoch_blocks, stream_positions)
+from pipeline.synthetic_tokens import write_synthetic_token_dataset
+
+SIZES = [100, 37, 250, 5, 64]
+TOTAL = sum(SIZES)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tokens")
+    write_synthetic_token_dataset(str(root), codebook_size=64, latent_size=4, num_classes=10, shard_sizes=SIZES,
+                                  formats=("parquet", "webdataset"), row_group=16, n_aug=3)
+    return root
+
+
+def _stream(root, **kw) -> TokenStream:
+    opts = {k: kw.pop(k) for k in ("rank", "world_size", "start", "num_batches", "storage_options") if k in kw}
+    cfg = StreamConfig(data=str(root), **{"batch_size": 7, "block_size": 16, "shuffle_buffer": 50, **kw})
+    return TokenStream(cfg, codebook_size=64, latent_size=4, num_classes=10, **opts)
+
+
+def test_epoch_blocks_cover_every_row_once_and_depend_on_seed_and_epoch():
+    b = epoch_blocks(SIZES, 16, seed=3, epoch=0)
+    rows = {(s, r) for s, a, e in b for r in range(a, e)}
+    assert len(rows) == TOTAL == int((b[:, 2] - b[:, 1]).sum())
+    assert np.array_equal(b, epoch_blocks(SIZES, 16, seed=3, epoch=0))  # pure
+    assert not np.array_equal(b, epoch_blocks(SIZES, 16, seed=3, epoch=1))
+    assert not np.array_equal(b, epoch_blocks(SIZES, 16, seed=4, epoch=0))
+    shard_runs = [s for i, s in enumerate(b[:, 0]) if i == 0 or b[i - 1, 0] != s]
+    assert len(shard_runs) == len(SIZES)  # a shard's blocks are read together (shards permuted, then blocks)
+
+
+def test_order_is_a_permutation_with_a_bounded_shuffle_window():
+    plan = StreamPlan(SIZES, block_size=16, shuffle_buffer=50, seed=0)
+    g = np.arange(2 * TOTAL)
+    epoch, shard, row = plan.locate(g)
+    ids = plan.first_id[shard] + row
+    for e in (0, 1):
+        assert sorted(ids[epoch == e]) == list(range(TOTAL))  # every sample exactly once per epoch
+    assert not np.array_equal(ids[:TOTAL], ids[TOTAL:])  # epochs are reshuffled
+    # the shuffle only permutes inside windows of 50: block-sequence positions stay in their window
+    b = epoch_blocks(SIZES, 16, seed=0, epoch=0)
+    seq = [plan.first_id[s] + r for s, a, e_ in b for r in range(a, e_)]
+    where = {sid: q for q, sid in enumerate(seq)}
+    assert all(where[ids[p]] // 50 == p // 50 for p in range(TOTAL))
+    e2, s2, r2 = stream_positions(SIZES, g[::-1], block_size=16, shuffle_buffer=50, seed=0)  # pure, any order
+    assert np.array_equal(s2[::-1], shard) and np.array_equal(r2[::-1], row)
+
+
+@pytest.mark.parametrize("world_size,workers", [(1, 0), (3, 2)])
+def test_ranks_and_workers_see_every_sample_once_per_epoch(data, world_size, workers):
+    batches_needed = -(-TOTAL // (7 * world_size))
+    seen = []
+    for rank in range(world_size):
+        s = _stream(data, rank=rank, world_size=world_size, num_batches=batches_needed)
+        loader = torch.utils.data.DataLoader(s, batch_size=None, num_workers=workers)
+        for b in loader:
+            seen.append(np.stack([b["index"].numpy(), b["sample_id"].numpy()], 1))
+    seen = np.concatenate(seen)
+    first_epoch = seen[seen[:, 0] < TOTAL]
+    assert len(first_epoch) == TOTAL and sorted(first_epoch[:, 1]) == list(range(TOTAL))
+
+
+def test_worker_count_does_not_change_the_batch_sequence(data):
+    def run(workers):
+        s = _stream(data, rank=1, world_size=2, num_batches=9)
+        return [b["sample_id"] for b in torch.utils.data.DataLoader(s, batch_size=None, num_workers=workers)]
+    a, b = run(0), run(2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == len(b) == 9
+
+
+def test_resume_seeks_without_reading_earlier_data(data, monkeypatch):
+    full = [b for b in _stream(data, rank=0, world_size=2, num_batches=40)]
+    start = 2 * 7 * 25  # after 25 local batches of 2 ranks
+    loaded = []
+    orig = TokenStream._load_unit
+    monkeypatch.setattr(TokenStream, "_load_unit", lambda self, key: (loaded.append(key), orig(self, key))[1])
+    resumed = _stream(data, rank=0, world_size=2, start=start, num_batches=1)
+    first = next(iter(resumed))
+    assert torch.equal(first["sample_id"], full[25]["sample_id"]) and torch.equal(first["images"], full[25]["images"])
+    # only the row groups that hold this batch's samples were read
+    need = {(int(resumed.plan.locate(np.array([p]))[1][0]), int(resumed.plan.locate(np.array([p]))[2][0]) // 16)
+            for p in first["index"].numpy()}
+    assert set(loaded) == need
+
+
+def test_resume_on_another_world_size_continues_at_the_same_global_sample(data):
+    start = 2 * 7 * 5  # 5 steps of 2 ranks x 7
+    one = next(iter(_stream(data, rank=0, world_size=1, batch_size=14, start=start, num_batches=1)))
+    two = [next(iter(_stream(data, rank=r, world_size=2, start=start, num_batches=1))) for r in (0, 1)]
+    assert torch.equal(one["index"], torch.cat([t["index"] for t in two]))
+    assert torch.equal(one["images"], torch.cat([t["images"] for t in two]))
+    assert int(one["index"][0]) == start
+
+
+def test_augmentation_is_per_sample_per_epoch_and_reads_the_stored_view(data):
+    m = sh.read_manifest(str(data))
+    stored = {}
+    for s in m.shards_of("parquet"):
+        rows = sh.read_shard(str(data), s, m.tokenizer)
+        base = sum(x.samples for x in m.shards_of("parquet") if x.unit < s.unit)
+        for i in range(len(rows)):
+            stored[base + i] = (rows.tokens[i], rows.labels[i])
+    st = _stream(data)
+    b = st.batch_at(np.arange(2 * TOTAL))
+    for img, lab, sid, aug in zip(b["images"], b["labels"], b["sample_id"], b["aug"]):
+        tok, label = stored[int(sid)]
+        assert np.array_equal(img.numpy(), tok[int(aug)].reshape(-1)) and int(lab) == label
+    a0, a1 = b["aug"][:TOTAL].numpy(), b["aug"][TOTAL:].numpy()
+    assert set(a0) == {0, 1, 2} and (a0 != a1[np.argsort(b["sample_id"][TOTAL:].numpy())][
+        np.argsort(np.argsort(b["sample_id"][:TOTAL].numpy()))]).any()
+    counts = np.bincount(aug_index(0, np.zeros(30000, np.int64), np.arange(30000), 3), minlength=3)
+    assert (np.abs(counts / 30000 - 1 / 3) < 0.02).all()
+    assert (_stream(data, augment=False).batch_at(np.arange(50))["aug"] == 0).all()
+
+
+def test_parquet_and_webdataset_give_identical_batches(data):
+    p = _stream(data, format="parquet").batch_at(np.arange(0, 2 * TOTAL, 3))
+    w = _stream(data, format="webdataset").batch_at(np.arange(0, 2 * TOTAL, 3))
+    assert all(torch.equal(p[k], w[k]) for k in p)
+
+
+def _copy(data: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "copy"
+    shutil.copytree(data, out)
+    return out
+
+
+def test_refuses_incompatible_shards_naming_both_values(data, tmp_path):
+    cfg = StreamConfig(data=str(data), batch_size=4)
+    with pytest.raises(sh.ShardError, match=r"codebook_size in shards \(64\) does not match the model \(1024\); "
+                                            r"re-tokenize"):
+        TokenStream(cfg, codebook_size=1024, latent_size=4)
+    with pytest.raises(sh.ShardError, match=r"latent grid in shards \(4x4\) does not match the model \(16x16\)"):
+        TokenStream(cfg, codebook_size=64, latent_size=16)
+    with pytest.raises(sh.ShardError, match=r"10 classes, the model 5; pick a model config with num_classes>=10"):
+        TokenStream(cfg, codebook_size=64, latent_size=4, num_classes=5)
+    root = _copy(data, tmp_path)
+    man = json.loads((root / "manifest.json").read_text())
+    man["format_version"] = 7
+    (root / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(sh.ShardError, match=r"format_version 7, this code reads version 1; re-tokenize"):
+        _stream(root)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
+def test_missing_and_truncated_shards_error_or_skip_and_count(data, tmp_path, fmt):
+    root = _copy(data, tmp_path)
+    m = sh.read_manifest(str(root))
+    shards = m.shards_of(fmt)
+    (root / shards[1].path).unlink()
+    blob = (root / shards[2].path).read_bytes()
+    (root / shards[2].path).write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(sh.ShardError, match=r"unit-00001.*missing \(and 1 more bad shards\); restore it.*"
+                                            r"skip_bad_shards=true"):
+        _stream(root, format=fmt)
+    shutil.copy(data / shards[1].path, root / shards[1].path)
+    with pytest.raises(sh.ShardError, match=r"unit-00002.*corrupt \(size \d+ bytes, the manifest says \d+\)"):
+        _stream(root, format=fmt)
+    (root / shards[1].path).unlink()
+    s = _stream(root, format=fmt, skip_bad_shards=True)
+    assert s.skipped_samples == SIZES[1] + SIZES[2] and s.epoch_size == TOTAL - SIZES[1] - SIZES[2]
+    ids = s.batch_at(np.arange(s.epoch_size))["sample_id"].numpy()
+    bad = set(range(100, 100 + 37 + 250))
+    assert len(set(ids)) == s.epoch_size and not bad & set(ids.tolist())
+
+
+def test_corrupt_bytes_of_the_right_size_are_caught_when_read(data, tmp_path):
+    root = _copy(data, tmp_path)
+    shard = sh.read_manifest(str(root)).shards_of("webdataset")[2]
+    blob = bytearray((root / shard.path).read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (root / shard.path).write_bytes(bytes(blob))
+    s = _stream(root, format="webdataset")
+    with pytest.raises(sh.ShardError, match=r"unit-00002.*(corrupt|cannot decode)"):
+        s.batch_at(np.arange(TOTAL))
+    s = _stream(root, format="webdataset", skip_bad_shards=True)
+    b = s.batch_at(np.arange(TOTAL))
+    assert s.skipped_samples == 250 and len(b["sample_id"]) == TOTAL - 250
+
+
+def _free_port() -> int:
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    exe = Path(sys.executable).parent / "moto_server"
+    if not exe.exists():
+        pytest.skip("moto_server not installed (pip install 'moto[server]')")
+    port = _free_port()
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_stream_from_s3_equals_local(s3_server, data, monkeypatch):
+    import s3fs
+
+    for k, v in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    fs.mkdir("tokens")
+    write_synthetic_token_dataset("s3://tokens/ds", codebook_size=64, latent_size=4, num_classes=10,
+                                  shard_sizes=SIZES, formats=("parquet", "webdataset"), row_group=16, n_aug=3)
+    for fmt in ("parquet", "webdataset"):
+        remote = _stream("s3://tokens/ds", format=fmt, rank=1, world_size=2, start=70, num_batches=12)
+        local = _stream(data, format=fmt, rank=1, world_size=2, start=70, num_batches=12)
+        for a, b in zip(remote, local):
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    fs.rm("tokens/ds/parquet/unit-00003.parquet")
+    with pytest.raises(sh.ShardError, match=r"unit-00003.parquet: shard listed in the manifest is missing"):
+        _stream("s3://tokens/ds", format="parquet")
