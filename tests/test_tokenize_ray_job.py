@@ -1,0 +1,82 @@
+"""`ray start --head` on loopback + `ray job submit ... jobs/tokenize_imagenet.py` + `ray stop`,
+and ray_cluster.yaml against Ray's own cluster-config schema."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import tokenizer
+from pipeline.verify import verify_dataset
+from tokenize_data import make_imagenet_tree
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_ray_cluster_yaml_matches_rays_schema():
+    import jsonschema
+    import ray
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    cfg = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    jsonschema.validate(cfg, schema)
+    types = cfg["available_node_types"]
+    assert cfg["head_node_type"] in types
+    workers = [t for n, t in types.items() if n != cfg["head_node_type"]]
+    assert workers and all(t["max_workers"] >= 1 for t in workers)
+    head_cmds = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_cmds and "0.0.0.0" not in head_cmds  # not open to the internet
+    assert any("pip install" in c and "maskgit-pipeline" in c for c in cfg["setup_commands"])
+    bad = dict(cfg, provider={"type": "aws", "region": 7})
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
+                    reason="needs root + unshare to give `ray stop` a private process namespace")
+def test_ray_start_job_submit_stop(tmp_path):
+    """The real cluster cycle. `ray stop` kills Ray processes by name on the whole machine, so the
+    cycle runs in its own PID namespace (unshare): it stops this test's cluster and nothing else."""
+    src, out, tok = tmp_path / "src", tmp_path / "out", tmp_path / "tok"
+    make_imagenet_tree(src, per_class=4)
+    torch.manual_seed(0)
+    tokenizer.save(tokenizer.build("debug"), tok)
+    port, dash = _free_port(), _free_port()
+    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: AF_UNIX socket paths are <= 107 bytes
+    ray = BIN / "ray"
+    script = f"""
+set -u
+export PATH="{BIN}:$PATH" RAY_AUTH_MODE=disabled  # loopback-only throwaway cluster (see STACK-NOTES)
+{ray} start --head --node-ip-address 127.0.0.1 --port {port} --dashboard-host 127.0.0.1 --dashboard-port {dash} \
+  --num-cpus 2 --disable-usage-stats --temp-dir {temp} >/dev/null || exit 11
+{ray} job submit --address http://127.0.0.1:{dash} --working-dir {REPO} -- \
+  python jobs/tokenize_imagenet.py {src} {out} --tokenizer {tok} --format both --unit-size 5
+rc=$?
+{ray} stop --force >/dev/null 2>&1
+exit $rc
+"""
+    try:
+        r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "bash", "-c", script],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "succeeded" in r.stdout
+    rep = verify_dataset(str(out), source=str(src))
+    assert rep.ok and rep.samples == 12, rep.problems
