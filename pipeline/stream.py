@@ -25,6 +25,8 @@ Decoded units are cached (LRU, bounded by about two shuffle windows).
 """
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,8 +37,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .shards import (FORMATS, Manifest, ShardError, ShardInfo, check_compatible, join, read_manifest, read_shard,
-                     url_to_fs)
+from .shards import (FORMATS, Manifest, ShardError, ShardInfo, _iter_ustar, _read_bytes, check_compatible, join,
+                     read_manifest, url_to_fs)
 
 __all__ = ["StreamConfig", "TokenStream", "epoch_blocks", "stream_positions", "aug_index", "rank_positions",
            "StreamPlan"]
@@ -272,8 +274,7 @@ class TokenStream(IterableDataset):
         s = self.shards[shard]
         shape = (self.info.n_aug, self.info.latent_h, self.info.latent_w)
         if self.cfg.format == "webdataset":
-            rows = read_shard(self.cfg.data, s, self.info, verify=True, **self.storage_options)
-            return 0, rows.labels, rows.tokens
+            return 0, *self._read_wds(s)
         pf = self._parquet(shard)
         try:
             t = pf.read_row_group(unit, columns=["label", "tokens"])
@@ -283,6 +284,37 @@ class TokenStream(IterableDataset):
             raise ShardError(f"{join(self.cfg.data, s.path)}: cannot decode row group {unit} ({type(e).__name__}: "
                              f"{e}); delete it and re-run tokenize --resume, or pass skip_bad_shards=true") from e
         return unit * self._row_group(shard), labels, tokens.reshape((t.num_rows, *shape))
+
+    def _read_wds(self, s: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (n,) and tokens (n, n_aug, h, w) of a whole WebDataset shard, checksum-verified.
+
+        A fast path over ``shards.read_shard``: token members share one .npy header, so they
+        are sliced out of one buffer; labels come from the ``cls`` members (json is not parsed).
+        """
+        fs, root = url_to_fs(self.cfg.data, **self.storage_options)
+        full = join(root, s.path)
+        data = _read_bytes(fs, full, s, verify=True)
+        shape = (self.info.n_aug, self.info.latent_h, self.info.latent_w)
+        try:
+            payloads, labels = [], []
+            for name, payload in _iter_ustar(gzip.decompress(data)):
+                if name.endswith(".tokens.npy"):
+                    payloads.append(payload)
+                elif name.endswith(".cls"):
+                    labels.append(int(payload))
+            if not payloads:
+                return np.zeros((0,), np.int64), np.zeros((0, *shape), self.info.token_dtype)
+            head = len(payloads[0]) - int(np.prod(shape)) * self.info.token_dtype.itemsize
+            ref = np.load(io.BytesIO(payloads[0]), allow_pickle=False)
+            if ref.shape != shape or any(len(p) != len(payloads[0]) for p in payloads):
+                raise ValueError(f"tokens.npy members are not all {shape} {self.info.token_dtype}")
+            tokens = np.frombuffer(b"".join(p[head:] for p in payloads), dtype=ref.dtype).reshape((-1, *shape))
+        except Exception as e:
+            raise ShardError(f"{full}: cannot decode webdataset shard ({type(e).__name__}: {e}); delete it and "
+                             "re-run tokenize --resume, or pass skip_bad_shards=true") from e
+        if len(tokens) != s.samples or len(labels) != s.samples:
+            raise ShardError(f"{full}: holds {len(tokens)} samples, the manifest says {s.samples}")
+        return np.asarray(labels, np.int64), tokens
 
     def _unit(self, key: tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray]:
         if key in self._cache:
