@@ -86,6 +86,8 @@ from . import cli_tokenize  # noqa: E402
 cli_tokenize.register(cli)
 from . import cli_generate  # noqa: E402
 cli_generate.register(cli)
+from . import cli_demo  # noqa: E402
+cli_demo.register(cli)
 
 
 def main() -> None:
