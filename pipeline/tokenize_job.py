@@ -114,6 +114,8 @@ class TokenizeResult:
     units_run: int
     units_skipped: int
     seconds: float
+    steady_images_per_s: float | None = None
+    """Images/s from the first encoded unit to the last (start-up excluded); None for < 3 units."""
 
 
 # ------------------------------------------------------------------ planning (pure)
@@ -377,6 +379,7 @@ def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
     pending = [u for u in range(len(units)) if u not in records]
     log.info("%d units done already, %d to run", len(records), len(pending))
 
+    arrivals: list[tuple[float, int]] = []  # (time a unit came out of the encoder, its images)
     if pending:
         started = _ray_init(cfg.ray_address)
         try:
@@ -400,8 +403,10 @@ def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
                                            image_size=info.image_size, n_views=info.n_aug,
                                            latent=info.latent_h, token_dtype=info.token_dtype.name))
             with ThreadPoolExecutor(max_workers=cfg.write_threads) as pool:
-                futures = [pool.submit(_write_unit, cfg.out, fs, root, row, info, cfg.formats)
-                           for row in ds.iter_rows()]
+                futures = []
+                for row in ds.iter_rows():
+                    arrivals.append((time.time(), int(row["n"]) + len(json.loads(row["errors"]))))
+                    futures.append(pool.submit(_write_unit, cfg.out, fs, root, row, info, cfg.formats))
                 for f in futures:
                     rec = f.result()
                     records[rec["unit"]] = rec
@@ -429,7 +434,10 @@ def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
     write_manifest(cfg.out, manifest)
     dt = time.time() - t0
     log.info("wrote %s: %d samples, %d errors in %.1f s", cfg.out, samples, len(errors), dt)
-    return TokenizeResult(cfg.out, manifest, len(units), len(pending), len(units) - len(pending), dt)
+    steady = None
+    if len(arrivals) >= 3:  # throughput between the first and the last unit, without start-up
+        steady = sum(n for _, n in arrivals[1:]) / max(arrivals[-1][0] - arrivals[0][0], 1e-9)
+    return TokenizeResult(cfg.out, manifest, len(units), len(pending), len(units) - len(pending), dt, steady)
 
 
 def config_to_dict(cfg: TokenizeConfig) -> dict[str, Any]:
