@@ -315,7 +315,13 @@ def _check_job(fs, root: str, spec: dict[str, Any], *, resume: bool, out: str) -
     path = join(root, f"{JOB_DIR}/job.json")
     if fs.exists(path):
         old = json.loads(fs.cat_file(path))
-        diff = sorted(k for k in set(spec) | set(old) if spec.get(k) != old.get(k))
+        diff = []
+        for k in sorted(set(spec) | set(old)):
+            a, b = spec.get(k), old.get(k)
+            if isinstance(a, dict) and isinstance(b, dict):
+                diff += [f"{k}.{j}" for j in sorted(set(a) | set(b)) if a.get(j) != b.get(j)]
+            elif a != b:
+                diff.append(k)
         if diff:
             raise ValueError(f"{out} holds a tokenize run with different {diff} (see {JOB_DIR}/job.json); "
                              "use a new output location, or the same settings and source to resume it")
@@ -327,11 +333,16 @@ def _check_job(fs, root: str, spec: dict[str, Any], *, resume: bool, out: str) -
 
 
 def _done_units(fs, root: str, n_units: int) -> dict[int, dict]:
-    """Unit records whose shards all exist."""
+    """Unit records whose shards all exist; removes temp files a killed run left behind."""
     try:
         files = set(fs.find(root))
     except FileNotFoundError:
         return {}
+    stale = [f for f in files if ".tmp-" in f.rsplit("/", 1)[-1]]
+    for f in stale:
+        fs.rm_file(f)
+    if stale:
+        log.info("removed %d temp file(s) of an interrupted run", len(stale))
     done = {}
     for u in range(n_units):
         rec_path = join(root, _unit_record_path(u))
