@@ -168,3 +168,14 @@ def test_adm_center_crop_and_views_deterministic():
     assert np.array_equal(v, make_views(img, 32, ("hflip", "tencrop")))
     with pytest.raises(ValueError, match="unknown augmentation"):
         view_names(("rotate",))
+
+
+def test_imagenet_val_in_class_folders_and_missing_split(tmp_path):
+    make_imagenet_tree(tmp_path, per_class=2, split="train")
+    keys = make_imagenet_tree(tmp_path, per_class=1, split="val")
+    lst = list_source(str(tmp_path), split="val")
+    assert [it.key for it in lst.items] == sorted(keys) and [it.label for it in lst.items] == [0, 1, 2]
+    with pytest.raises(ValueError, match="no test/ folder"):
+        list_source(str(tmp_path), split="test")
+    with pytest.raises(ValueError, match="unknown layout"):
+        list_source(str(tmp_path), layout="zip")
