@@ -206,3 +206,23 @@ def test_cli_edit_commands(models, tmp_path):
     assert Image.open(tmp_path / "out.png").size == (64, 32)
     r = _run(["edit", "outpaint", *common, "--extend", "up=16", "--out", str(tmp_path / "bad.png")])
     assert r.exit_code == 2 and "SIDE=PIXELS" in r.output
+
+
+def test_edit_and_sample_on_converted_official_weights(official_tiny, tmp_path):
+    """The official architecture (16-px patches, shortcut quirk, 1000 classes) through the CLI:
+    tiny official-format checkpoints converted with `convert official`."""
+    from PIL import Image
+
+    r = _run(["convert", "official", "--tokenizer", str(official_tiny / "tokenizer_checkpoint"), "--transformer",
+              str(official_tiny / "maskgit_checkpoint"), "--out", str(tmp_path / "off")])
+    assert r.exit_code == 0, r.output
+    img = (np.random.default_rng(7).random((64, 64, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "in.png")
+    ck = ["--checkpoint", str(tmp_path / "off"), "--tokenizer", str(tmp_path / "off"), "--device", "cpu"]
+    r = _run(["edit", "replace", *ck, "--image", str(tmp_path / "in.png"), "--bbox", "16_16_32_32",
+              "--class", "207", "--out", str(tmp_path / "rep.png")])
+    assert r.exit_code == 0, r.output
+    assert "(16 tokens regenerated)" in r.output  # t=0, b=min(4, 2+1+1)=4, l=0, r=4 on the 4x4 grid
+    r = _run(["sample", *ck, "--classes", "1,980", "--n", "1", "--out", str(tmp_path / "g.png")])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "g" / "00001_class980.png").size == (64, 64)
