@@ -34,7 +34,7 @@ from transformer.objectives import ObjectiveConfig, compute_objective
 from .stream import StreamConfig, TokenStream
 
 __all__ = ["TrainConfig", "load_train_config", "parse_overrides", "find_resume", "lr_factor", "train",
-           "export_checkpoint", "COMPLETE"]
+           "export_checkpoint", "export_run", "deepspeed_command", "run_training", "jobs_dir", "COMPLETE"]
 
 log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
@@ -364,6 +364,88 @@ def export_checkpoint(cfg: TrainConfig, ckpt_root: str, tag: str, out: str | os.
     model = transformer.build(cfg.model_config())
     model.load_state_dict(state)
     extra = {"objective": cfg.objective, "trained_steps": int(tag.removeprefix("step")), "data": cfg.data}
+    if null_label is not None:
+        extra["null_label"] = null_label
+    return transformer.save(model, out, extra=extra)
+
+
+# ---------------------------------------------------------------- launching and exporting from outside
+
+def jobs_dir() -> Path:
+    """Where jobs/train_mvtm.py and the shipped DeepSpeed configs live."""
+    import jobs
+
+    return Path(jobs.__file__).resolve().parent
+
+
+def deepspeed_command(*, data: str, out: str, nproc: int = 2, ds_config: str | None = None,
+                      config: str | None = None, objective: str = "mvtm", resume: str | None = "auto",
+                      overrides: list[str] | None = None, master_port: int = 29500) -> list[str]:
+    """The `deepspeed` launcher command line that trains on ``nproc`` local ranks (CPU or GPU)."""
+    import shutil
+    import sys
+
+    launcher = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+    jd = jobs_dir()
+    if ds_config is None:
+        ds_config = str(jd / ("ds_config.json" if torch.cuda.is_available() else "ds_config_cpu.json"))
+    cmd = [launcher, "--num_gpus", str(nproc), "--master_port", str(master_port), str(jd / "train_mvtm.py"),
+           "--deepspeed_config", ds_config, "--data", str(data), "--out", str(out), "--objective", objective]
+    if config:
+        cmd += ["--config", config]
+    if resume:
+        cmd += ["--resume", resume]
+    return cmd + list(overrides or [])
+
+
+def run_training(**kwargs: Any) -> dict[str, Any]:
+    """Run ``deepspeed_command(**kwargs)`` to completion (OMP_NUM_THREADS=1 per rank on CPU);
+    return the summary the job prints. Raises ValueError with the job's last error line on failure."""
+    import subprocess
+
+    cmd = deepspeed_command(**kwargs)
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(jobs_dir().parent), env.get("PYTHONPATH")]))
+    log.info("running %s", " ".join(cmd))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    if proc.returncode != 0:
+        errors = [ln for ln in lines if "error:" in ln] or lines[-5:]
+        raise ValueError(f"training failed (exit {proc.returncode}): {errors[-1] if errors else ''}")
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, tag: str | None = None) -> Path:
+    """Export a run's checkpoint (newest complete one by default) to safetensors + config.json.
+
+    ZeRO-0 checkpoints are read with ``torch.load(weights_only=True)``; ZeRO >= 1 through
+    DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint``. EMA weights win when present.
+    """
+    run = Path(run_dir)
+    cfg_path = run / "train_config.json"
+    if not cfg_path.is_file():
+        raise ValueError(f"{run}: no train_config.json; pass the run directory given as --out to train")
+    cfg = load_train_config(str(cfg_path), {})
+    root = run / "checkpoints"
+    tag = tag or find_resume(root)
+    if tag is None or not (root / tag / COMPLETE).is_file():
+        raise ValueError(f"{root}: no complete checkpoint{f' {tag!r}' if tag else ''} (a checkpoint counts once "
+                         f"its {COMPLETE} marker exists); train longer or pick another --tag")
+    states = torch.load(root / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+    stage = int(states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0))
+    if "ema" in states:
+        state = states["ema"]
+    elif stage == 0:
+        state = {k: v.float() for k, v in states["module"].items()}
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+    model = transformer.build(cfg.model_config())
+    model.load_state_dict(state)
+    extra = {"objective": cfg.objective, "trained_steps": int(tag.removeprefix("step")), "data": cfg.data}
+    null_label = cfg.objective_config().resolved_null_label(model.config)
     if null_label is not None:
         extra["null_label"] = null_label
     return transformer.save(model, out, extra=extra)
