@@ -88,6 +88,8 @@ from . import cli_generate  # noqa: E402
 cli_generate.register(cli)
 from . import cli_demo  # noqa: E402
 cli_demo.register(cli)
+from . import cli_train  # noqa: E402
+cli_train.register(cli)
 
 
 def main() -> None:
