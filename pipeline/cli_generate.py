@@ -218,15 +218,18 @@ def outpaint_cmd(checkpoint, tokenizer_dir, image, label, seed, schedule, device
               help="Generated images: .npz (images/arr_0 + labels) from `sample --npz`, or a PNG folder.")
 @click.option("--reference", required=True, type=click.Path(exists=True),
               help="Real images (.npz or folder) or reference statistics .npz (mu, sigma[, features]).")
-@click.option("--classifier", "classifier_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--classifier", "classifier_dir", default=None, type=click.Path(file_okay=False),
               help="Proxy feature classifier directory (trained with --train-classifier).")
+@click.option("--inception", "inception_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Local FID InceptionV3 weights (pt_inception-2015-12-05-*.pth) instead of the proxy.")
 @click.option("--train-classifier", is_flag=True,
               help="Train the proxy classifier on the labelled --reference images and save it to --classifier.")
 @click.option("--epochs", type=int, default=10, show_default=True, help="Classifier training epochs.")
 @click.option("--save-reference", type=click.Path(dir_okay=False), default=None,
               help="Write the reference statistics (.npz) for later runs.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write metrics as JSON.")
-def eval_cmd(generated, reference, classifier_dir, train_classifier, epochs, save_reference, json_out) -> None:
+def eval_cmd(generated, reference, classifier_dir, inception_path, train_classifier, epochs, save_reference,
+             json_out) -> None:
     """FID, IS, k-NN precision/recall and classifier accuracy on generated images (CAS), with proxy features.
 
     \b
@@ -243,7 +246,16 @@ def eval_cmd(generated, reference, classifier_dir, train_classifier, epochs, sav
         ref_stats = ref if "mu" in ref else None
     else:
         ref_imgs, ref_labels = ev.load_image_set(ref_path)
-    if train_classifier:
+    if (classifier_dir is None) == (inception_path is None):
+        raise ValueError("pass exactly one feature extractor: --classifier DIR (the project's proxy) or "
+                         "--inception FILE (local FID InceptionV3 weights)")
+    if inception_path:
+        from .evaluation.inception import load_inception
+
+        if train_classifier:
+            raise ValueError("--train-classifier trains the proxy; it does not apply with --inception")
+        clf = load_inception(inception_path)
+    elif train_classifier:
         if ref_imgs is None or ref_labels is None:
             raise ValueError("--train-classifier needs labelled real images in --reference (an .npz with images "
                              "and labels, or a folder with labels.txt)")
@@ -260,7 +272,8 @@ def eval_cmd(generated, reference, classifier_dir, train_classifier, epochs, sav
     m = ev.compute_metrics(gen_imgs, classifier=clf, gen_labels=gen_labels, ref_stats=ref_stats)
     for key, val in m.items():
         click.echo(f"{key}: {val:.4f}" if isinstance(val, float) else f"{key}: {val}")
-    click.echo("note: features are a project-trained proxy, not InceptionV3; not comparable with published FIDs")
+    if not inception_path:
+        click.echo("note: features are a project-trained proxy, not InceptionV3; not comparable with published FIDs")
     if json_out:
         Path(json_out).write_text(json.dumps(m, indent=2))
 

@@ -164,3 +164,35 @@ def test_paper_cas_trains_on_generated_tests_on_real():
     shuffled = cas_train_on_generated(gen, (glab + 1) % 3, real, rlab, epochs=3, batch_size=32, width=8,
                                       feature_dim=16)  # generated images carry the wrong class
     assert shuffled["cas_paper_top1"] < 0.1
+
+
+def test_inception_loads_only_a_local_state_dict(tmp_path):
+    from pipeline.evaluation.inception import FIDInceptionV3, load_inception
+
+    torch.manual_seed(0)
+    net = FIDInceptionV3()
+    n_params = sum(p.numel() for p in net.parameters())
+    assert 23_000_000 < n_params < 24_500_000  # InceptionV3 with a 1008-way fc: ~23.9M
+    state = net.state_dict()
+    torch.save(state, tmp_path / "pt_inception.pth")
+    model = load_inception(tmp_path / "pt_inception.pth")
+    assert model.name.startswith("inception-v3-fid:")
+    with torch.no_grad():
+        feats, logits = model(torch.rand(1, 3, 32, 32))
+    assert feats.shape == (1, 2048) and logits.shape == (1, 1008) and bool((feats >= 0).all())
+    del state["fc.bias"]
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="fc.bias"):
+        load_inception(tmp_path / "bad.pth")
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        load_inception(tmp_path / "absent.pth")
+
+
+def test_cli_eval_needs_one_extractor(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    np.savez(tmp_path / "g.npz", images=np.zeros((4, 8, 8, 3), np.uint8))
+    r = CliRunner().invoke(cli, ["eval", "--generated", str(tmp_path / "g.npz"), "--reference", str(tmp_path / "g.npz")])
+    assert r.exit_code == 2 and "exactly one feature extractor" in r.output

@@ -3,8 +3,9 @@ generated images (CAS), against a declared reference.
 
 Feature extractor: a proxy classifier the project trains on its own real data
 (``train_feature_classifier``); every result names it (``feature_extractor: proxy:<sha>``), and
-its numbers are NOT comparable with published InceptionV3 FIDs. The standard InceptionV3 FID
-weights are not supported yet (nothing is ever downloaded).
+its numbers are NOT comparable with published InceptionV3 FIDs. The standard FID InceptionV3 runs
+when its weights file is present locally (``inception.load_inception(path)``; nothing is ever
+downloaded); any object with ``name`` and ``forward(images) -> (features, logits)`` works.
 
 Reference: real images (statistics computed on the fly) or a statistics .npz with ``mu`` and
 ``sigma`` (the ADM reference-batch format that 1d-tokenizer / LlamaGen use: ``mu``, ``sigma`` and
