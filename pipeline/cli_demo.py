@@ -44,7 +44,9 @@ def make_demo_data_cmd(out, image_size, num_classes, train_per_class, val_per_cl
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the preset's recipe).")
 @click.option("--max-seconds", type=float, default=None, help="Stop after this much training time.")
 @click.option("--seed", type=int, default=None, help="Seed (default: the preset's recipe).")
-def train_tokenizer_cmd(data_dir, preset, out, steps, batch_size, lr, max_seconds, seed) -> None:
+@click.option("--threads", type=int, default=None,
+              help="Torch threads (default: torch's; 1 is best when other jobs share the cores).")
+def train_tokenizer_cmd(data_dir, preset, out, steps, batch_size, lr, max_seconds, seed, threads) -> None:
     """Train a small VQGAN on a folder of images (ImageNet layout DATA_DIR/train/<class>/*, or any
     folder of images) and write safetensors + config.json, with held-out PSNR and codebook usage.
 
@@ -59,7 +61,7 @@ def train_tokenizer_cmd(data_dir, preset, out, steps, batch_size, lr, max_second
 
     cfg = train_preset(preset)
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, max_seconds=max_seconds,
-                                       seed=seed).items() if v is not None}
+                                       seed=seed, threads=threads).items() if v is not None}
     cfg = replace(cfg, **overrides)
 
     def on_log(rec: dict) -> None:

@@ -83,10 +83,10 @@ def demo_settings(quick: bool) -> DemoSettings:
         return DemoSettings(
             quick=True, data=DemoDataConfig(train_per_class=100, val_per_class=16),
             tokenizer_train=TrainConfig(steps=150, batch_size=32, warmup_steps=10, max_seconds=45.0,
-                                        val_images=256),
+                                        val_images=256, threads=1),
         )
     return DemoSettings(quick=False, data=DemoDataConfig(),
-                        tokenizer_train=TrainConfig(steps=600, batch_size=32, max_seconds=240.0))
+                        tokenizer_train=TrainConfig(steps=600, batch_size=32, max_seconds=240.0, threads=1))
 
 
 @dataclass

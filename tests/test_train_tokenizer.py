@@ -103,7 +103,8 @@ def test_codebook_stats_and_psnr_properties():
 
 
 @pytest.mark.parametrize("kw, match", [(dict(steps=0), "steps must be >= 1"), (dict(lr=0.0), "lr must be positive"),
-                                       (dict(l1_weight=0.0, l2_weight=0.0), "l1_weight \\+ l2_weight")])
+                                       (dict(l1_weight=0.0, l2_weight=0.0), "l1_weight \\+ l2_weight"),
+                                       (dict(threads=0), "threads must be >= 1 or None")])
 def test_train_config_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kw)

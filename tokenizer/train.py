@@ -71,6 +71,10 @@ class TrainConfig:
     """Stop early (after the current step) once training has taken this long."""
     seed: int = 0
     """Seed of initialisation, sampling and restarts."""
+    threads: int | None = None
+    """Torch intra-op threads while training (None: leave torch's setting). 1 is the robust choice
+    for these small models when other jobs share the cores: with 2 threads on an oversubscribed
+    2-core machine, training ran ~20x slower than with 1 (docs/BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "max_images"):
@@ -84,6 +88,8 @@ class TrainConfig:
         if min(self.l1_weight, self.l2_weight, self.codebook_weight) < 0 or self.l1_weight + self.l2_weight == 0:
             raise ValueError("loss weights must be >= 0 and l1_weight + l2_weight > 0, got "
                              f"l1={self.l1_weight}, l2={self.l2_weight}, codebook={self.codebook_weight}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"TrainConfig.threads must be >= 1 or None, got {self.threads}")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ValueError(f"TrainConfig.max_seconds must be positive or None, got {self.max_seconds}")
 
@@ -281,6 +287,17 @@ def train_tokenizer(data: str | os.PathLike | ImageSet, *, model_config: VQGANCo
     if config is None:
         config = train_preset(model_config) if isinstance(model_config, str) else TrainConfig()
     cfg = config
+    threads_before = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(data, mcfg, cfg, out, on_log)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(data: str | os.PathLike | ImageSet, mcfg: VQGANConfig, cfg: TrainConfig,
+           out: str | os.PathLike | None, on_log: Callable[[dict], None] | None) -> TrainResult:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
 
