@@ -238,6 +238,9 @@ def eval_cmd(generated, reference, classifier_dir, inception_path, train_classif
     """
     from . import evaluation as ev
 
+    if (classifier_dir is None) == (inception_path is None):
+        raise ValueError("pass exactly one feature extractor: --classifier DIR (the project's proxy) or "
+                         "--inception FILE (local FID InceptionV3 weights)")
     ref_imgs, ref_labels, ref_stats = None, None, None
     ref_path = Path(reference)
     if ref_path.is_file():
@@ -246,9 +249,6 @@ def eval_cmd(generated, reference, classifier_dir, inception_path, train_classif
         ref_stats = ref if "mu" in ref else None
     else:
         ref_imgs, ref_labels = ev.load_image_set(ref_path)
-    if (classifier_dir is None) == (inception_path is None):
-        raise ValueError("pass exactly one feature extractor: --classifier DIR (the project's proxy) or "
-                         "--inception FILE (local FID InceptionV3 weights)")
     if inception_path:
         from .evaluation.inception import load_inception
 

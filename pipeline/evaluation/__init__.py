@@ -66,12 +66,12 @@ def load_reference(path: str | os.PathLike) -> dict:
             out["features"] = z["features"]
         if "feature_name" in keys:
             out["feature_name"] = str(z["feature_name"])
-        if "arr_0" in keys:
-            out["images"] = z["arr_0"]
+        if "arr_0" in keys or "images" in keys:
+            out["images"] = z["arr_0" if "arr_0" in keys else "images"]
         if "labels" in keys:
             out["labels"] = z["labels"]
     if not ({"mu", "sigma"} <= set(out) or "images" in out):
-        raise ValueError(f"{path}: a reference .npz needs mu and sigma, or images in arr_0; found {sorted(keys)}")
+        raise ValueError(f"{path}: a reference .npz needs mu and sigma, or images in arr_0 / images; found {sorted(keys)}")
     return out
 
 
