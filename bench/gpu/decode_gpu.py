@@ -34,15 +34,20 @@ def _load_transformer_modules():
             importlib.import_module("mgt.sampling"), importlib.import_module("mgt.ar_sampling"))
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _time(fn, repeats: int) -> float:
     fn()
-    torch.cuda.synchronize()
+    _sync()
     ts = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        _sync()
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        _sync()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
@@ -54,20 +59,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--device", default="cuda", help="cuda; 'cpu' only to smoke-test the script")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this script is for a GPU machine (bench/bench_decode.py runs on CPU)")
+    dev = args.device
     config, model_mod, sampling, ar_sampling = _load_transformer_modules()
     dtype = getattr(torch, args.dtype)
     cfg = config.preset(args.preset).replace(dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(0)
-    mg = model_mod.MaskGITTransformer(cfg).to("cuda", dtype).eval()
-    ar = model_mod.MaskGITTransformer(cfg.replace(causal=True)).to("cuda", dtype).eval()
+    mg = model_mod.MaskGITTransformer(cfg).to(dev, dtype).eval()
+    ar = model_mod.MaskGITTransformer(cfg.replace(causal=True)).to(dev, dtype).eval()
     rows = []
     with torch.inference_mode():
         for b in [int(x) for x in args.batches.split(",")]:
             labels = [i % cfg.num_classes for i in range(b)]
-            x = torch.full((b, cfg.seq_len), cfg.mask_token_id, device="cuda")
+            x = torch.full((b, cfg.seq_len), cfg.mask_token_id, device=dev)
             x[:, 0] = cfg.codebook_size
             t_fwd = _time(lambda: mg(x), args.repeats)
             t_mg = _time(lambda: sampling.sample_tokens(mg, labels, steps=args.steps, seed=None), args.repeats)
@@ -79,7 +86,8 @@ def main() -> None:
                   f"AR/MaskGIT {t_ar / t_mg:.2f}x, decode/(T*fwd) {t_mg / (args.steps * t_fwd):.3f}")
     result = {"preset": args.preset, "params": sum(p.numel() for p in mg.parameters()),
               "tokens": cfg.num_image_tokens, "steps": args.steps, "dtype": args.dtype,
-              "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows,
+              "device": torch.cuda.get_device_name(0) if dev == "cuda" else dev, "torch": torch.__version__,
+              "rows": rows,
               "target": "AR/MaskGIT >= 8x at batch 1"}
     out = Path(os.environ.get("OUT", "."))
     out.mkdir(parents=True, exist_ok=True)
