@@ -123,11 +123,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ray-address", default=None, help="'auto' for the cluster this runs in, 'local' to start one")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    import json as _json
+    from tokenizer.checkpoint_io import resolve_checkpoint_dir
+    from transformer import KIND
 
-    cfg = _json.loads((Path(a.checkpoint) / "config.json").read_text()) if (Path(a.checkpoint) / "config.json").is_file() \
-        else _json.loads((Path(a.checkpoint) / "transformer" / "config.json").read_text())
-    classes = list(range(cfg["config"]["num_classes"])) if a.classes == "all" else [int(c) for c in a.classes.split(",")]
+    cfg = json.loads((resolve_checkpoint_dir(a.checkpoint, KIND, "transformer") / "config.json").read_text())
+    if a.classes == "all":
+        classes = list(range(cfg["config"]["num_classes"]))
+    else:
+        classes = [int(c) for c in a.classes.split(",")]
     labels = [c for c in classes for _ in range(a.per_class)]
     kw = {"steps": a.steps, "schedule": a.schedule}
     if a.guidance_scale:

@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy import linalg
 
-from pipeline.evaluation import (cas_train_on_generated, compute_metrics, load_classifier, load_reference, reference_stats,
+from pipeline.evaluation import (cas_train_on_generated, compute_metrics, load_classifier, load_reference,
+                                 reference_stats,
                                  save_classifier, save_reference, train_feature_classifier)
 from pipeline.evaluation.metrics import (fid_from_features, frechet_distance, inception_score, precision_recall,
                                          topk_accuracy)
@@ -194,5 +195,6 @@ def test_cli_eval_needs_one_extractor(tmp_path):
     from pipeline.cli import cli
 
     np.savez(tmp_path / "g.npz", images=np.zeros((4, 8, 8, 3), np.uint8))
-    r = CliRunner().invoke(cli, ["eval", "--generated", str(tmp_path / "g.npz"), "--reference", str(tmp_path / "g.npz")])
+    g = str(tmp_path / "g.npz")
+    r = CliRunner().invoke(cli, ["eval", "--generated", g, "--reference", g])
     assert r.exit_code == 2 and "exactly one feature extractor" in r.output

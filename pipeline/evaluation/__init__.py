@@ -25,7 +25,8 @@ from .features import (ClassifierConfig, ProxyClassifier, as_float_images, extra
 from .metrics import (feature_stats, fid_from_features, frechet_distance, inception_score, precision_recall,
                       topk_accuracy)
 
-__all__ = ["compute_metrics", "cas_train_on_generated", "reference_stats", "save_reference", "load_reference", "load_image_set",
+__all__ = ["compute_metrics", "cas_train_on_generated", "reference_stats", "save_reference", "load_reference",
+           "load_image_set",
            "train_feature_classifier", "save_classifier", "load_classifier", "ProxyClassifier",
            "ClassifierConfig", "frechet_distance", "fid_from_features", "inception_score", "precision_recall",
            "topk_accuracy", "feature_stats", "extract"]
@@ -71,7 +72,8 @@ def load_reference(path: str | os.PathLike) -> dict:
         if "labels" in keys:
             out["labels"] = z["labels"]
     if not ({"mu", "sigma"} <= set(out) or "images" in out):
-        raise ValueError(f"{path}: a reference .npz needs mu and sigma, or images in arr_0 / images; found {sorted(keys)}")
+        raise ValueError(f"{path}: a reference .npz needs mu and sigma, or images in arr_0 / images; "
+                         f"found {sorted(keys)}")
     return out
 
 
