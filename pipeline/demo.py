@@ -231,13 +231,13 @@ def stage_reconstructions(ctx: DemoContext) -> None:
     import torch
 
     import tokenizer
-    from tokenizer.train import codebook_stats, load_image_folder, psnr
+    from tokenizer.train import codebook_stats, psnr, read_images
 
     tok_dir = ctx.need("tokenizer", "train_tokenizer")
     data = ctx.need("data", "dataset")
     vq = tokenizer.load(tok_dir)
-    imgs = load_image_folder(data, image_size=vq.config.image_size, max_images=1,
-                             val_images=ctx.settings.tokenizer_train.val_images).val
+    files = sorted((data / "val").rglob("*.JPEG"))
+    imgs = read_images(files, vq.config.image_size, [])
     with torch.no_grad():
         x = imgs.float() / 255.0  # (N, 3, S, S)
         ids = vq.encode(x)  # (N, h, w)

@@ -154,6 +154,6 @@ def test_demo_runs_its_stages_and_reports_the_missing_ones(tmp_path):
             assert im.format == "PNG" and min(im.size) > 32
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     rec = metrics["reconstructions"]
-    assert rec["images"] == 8 and 0.0 < rec["usage"] <= 1.0 and rec["latent_grid"] == [8, 8]
+    assert rec["images"] == 20 and 0.0 < rec["usage"] <= 1.0 and rec["latent_grid"] == [8, 8]
     assert metrics["train_tokenizer"]["steps"] == 3
     assert [c["verdict"] for c in metrics["claims"]] == ["not measured"] * 3

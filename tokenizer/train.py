@@ -30,7 +30,7 @@ from pipeline.preprocess import DecodeError, center_crop_arr, decode_rgb
 from .config import VQGANConfig, preset as tokenizer_preset
 from .model import VQGAN
 
-__all__ = ["TrainConfig", "TrainResult", "ImageSet", "load_image_folder", "restart_dead_codes",
+__all__ = ["TrainConfig", "TrainResult", "ImageSet", "load_image_folder", "read_images", "restart_dead_codes",
            "psnr", "codebook_stats", "evaluate", "train_tokenizer", "TRAIN_PRESETS", "train_preset",
            "IMAGE_EXTENSIONS"]
 
@@ -73,8 +73,8 @@ class TrainConfig:
     """Seed of initialisation, sampling and restarts."""
     threads: int | None = None
     """Torch intra-op threads while training (None: leave torch's setting). 1 is the robust choice
-    for these small models when other jobs share the cores: with 2 threads on an oversubscribed
-    2-core machine, training ran ~20x slower than with 1 (docs/BENCHMARKS.md)."""
+    for these small models when other jobs share the cores: on an oversubscribed 2-core machine,
+    2 threads took 4.6x the wall time of 1 thread (docs/BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "max_images"):
@@ -126,8 +126,9 @@ def _list_images(d: Path) -> list[Path]:
     return sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def _read_many(paths: list[Path], size: int, skipped: list[str]) -> torch.Tensor:
-    """Decode and ADM-center-crop each file exactly as the tokenize job does: (N, 3, S, S) uint8."""
+def read_images(paths: list[Path], size: int, skipped: list[str]) -> torch.Tensor:
+    """Decode and ADM-center-crop each file exactly as the tokenize job does: (N, 3, S, S) uint8.
+    Unreadable files are logged and appended to ``skipped`` as "path: reason"."""
     out = []
     for p in paths:
         try:
@@ -176,8 +177,8 @@ def load_image_folder(root: str | os.PathLike, *, image_size: int, max_images: i
         keep = sorted(rng.choice(len(val_paths), size=val_images, replace=False))
         val_paths = [val_paths[i] for i in keep]
     skipped: list[str] = []
-    train = _read_many(train_paths, image_size, skipped)
-    val = _read_many(val_paths, image_size, skipped)
+    train = read_images(train_paths, image_size, skipped)
+    val = read_images(val_paths, image_size, skipped)
     if len(train) == 0:
         raise ValueError(f"{root}: none of the {len(train_paths)} training images could be decoded")
     return ImageSet(train=train, val=val, skipped=skipped)
@@ -317,7 +318,7 @@ def _train(data: str | os.PathLike | ImageSet, mcfg: VQGANConfig, cfg: TrainConf
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     codebook = model.quantizer.codebook
     hits = torch.zeros(mcfg.codebook_size, dtype=torch.long)
-    window = 1  # the first window is one step: a data-dependent codebook initialisation
+    next_restart = 1  # the first window is one step: a data-dependent codebook initialisation
     restarted_total, restarts = 0, []
     history: list[dict] = []
     model.train()
@@ -346,19 +347,16 @@ def _train(data: str | os.PathLike | ImageSet, mcfg: VQGANConfig, cfg: TrainConf
         opt.step()
 
         hits += torch.bincount(ids.flatten(), minlength=mcfg.codebook_size)
-        window -= 1
-        if cfg.restart_every and window == 0:
+        done = step + 1
+        if cfg.restart_every and done == next_restart:
             flat = z.detach().permute(0, 2, 3, 1).reshape(-1, mcfg.embedding_dim)  # (B*h*w, D)
             dead = restart_dead_codes(codebook.data, hits, flat, gen)
             _reset_adam_rows(opt, codebook, dead)
             restarted_total += int(dead.numel())
-            restarts.append({"step": step + 1, "restarted": int(dead.numel())})
+            restarts.append({"step": done, "restarted": int(dead.numel())})
             hits.zero_()
-            window = cfg.restart_every
-        elif not cfg.restart_every:
-            window = 1 << 30
+            next_restart = done + cfg.restart_every
 
-        done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             rec = {"step": done, "loss": loss.item(), "l1": l1.item(), "l2": l2.item(),
                    "codebook": codebook_loss.item(), "commitment": commitment_loss.item(),
