@@ -116,6 +116,8 @@ class TokenizeResult:
     seconds: float
     steady_images_per_s: float | None = None
     """Images/s from the first encoded unit to the last (start-up excluded); None for < 3 units."""
+    encoder_images_per_s: float | None = None
+    """Images/s inside the encoder actors (encode + search only), measured during this run."""
 
 
 # ------------------------------------------------------------------ planning (pure)
@@ -265,13 +267,16 @@ class EncodeUnits:
         return ids.reshape(n, self.shape[0], self.latent, self.latent).astype(self.token_dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tokens = []
+        tokens, seconds = [], []
         for images, n in zip(batch["images"], batch["n"]):
             arr = np.frombuffer(images, np.uint8).reshape(int(n), *self.shape) if n else \
                 np.zeros((0, *self.shape), np.uint8)
+            t = time.perf_counter()
             tokens.append(self.encode(arr).tobytes())
+            seconds.append(time.perf_counter() - t)
         return {"unit": batch["unit"], "keys": batch["keys"], "labels": batch["labels"], "n": batch["n"],
-                "errors": batch["errors"], "tokens": np.asarray(tokens, dtype=object)}
+                "errors": batch["errors"], "tokens": np.asarray(tokens, dtype=object),
+                "encode_s": np.asarray(seconds, np.float64)}
 
 
 # ------------------------------------------------------------------ the driver
@@ -391,6 +396,7 @@ def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
     log.info("%d units done already, %d to run", len(records), len(pending))
 
     arrivals: list[tuple[float, int]] = []  # (time a unit came out of the encoder, its images)
+    encode_s: list[tuple[int, float]] = []  # (images, seconds inside the encoder actor) per unit
     if pending:
         started = _ray_init(cfg.ray_address)
         try:
@@ -417,6 +423,7 @@ def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
                 futures = []
                 for row in ds.iter_rows():
                     arrivals.append((time.time(), int(row["n"]) + len(json.loads(row["errors"]))))
+                    encode_s.append((int(row["n"]), float(row["encode_s"])))
                     futures.append(pool.submit(_write_unit, cfg.out, fs, root, row, info, cfg.formats))
                 for f in futures:
                     rec = f.result()
@@ -448,7 +455,8 @@ def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
     steady = None
     if len(arrivals) >= 3:  # throughput between the first and the last unit, without start-up
         steady = sum(n for _, n in arrivals[1:]) / max(arrivals[-1][0] - arrivals[0][0], 1e-9)
-    return TokenizeResult(cfg.out, manifest, len(units), len(pending), len(units) - len(pending), dt, steady)
+    enc = sum(n for n, _ in encode_s) / sum(t for _, t in encode_s) if sum(t for _, t in encode_s) else None
+    return TokenizeResult(cfg.out, manifest, len(units), len(pending), len(units) - len(pending), dt, steady, enc)
 
 
 def config_to_dict(cfg: TokenizeConfig) -> dict[str, Any]:
