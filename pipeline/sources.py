@@ -163,7 +163,7 @@ def _full(fs, path: str) -> str:
     return path if proto in ("file", "local") else f"{proto}://{path}"
 
 
-def _list_class_folders(fs, root: str, *, key_prefix: str, label_map: str, names_root: str) -> tuple[
+def _list_class_folders(fs, root: str, *, key_prefix: str) -> tuple[
         list[tuple[str, str, str]], list[tuple[str, str]], list[str]]:
     """(key, class id, path) of files in class folders, listing errors, class ids."""
     found, errors, class_ids = [], [], []
@@ -193,8 +193,7 @@ def _list_class_folders(fs, root: str, *, key_prefix: str, label_map: str, names
 
 def _folder(fs, root: str, *, uri: str, layout: str, split: str | None, key_prefix: str,
             label_map: str) -> Listing:
-    found, errors, class_ids = _list_class_folders(fs, root, key_prefix=key_prefix, label_map=label_map,
-                                                   names_root=root)
+    found, errors, class_ids = _list_class_folders(fs, root, key_prefix=key_prefix)
     if not class_ids:
         raise ValueError(f"{uri}: no class folders found (expected ROOT/<class>/<image>); for a flat val folder "
                          "pass --layout val-flat with LOC_val_solution.csv")
