@@ -183,6 +183,12 @@ def inpaint_cmd(checkpoint, tokenizer_dir, image, label, seed, schedule, device,
     """
     from .generate import edit_inpaint, load_mask
 
+    from PIL import Image
+
+    with Image.open(image) as im, Image.open(mask_path) as mk:
+        if im.size != mk.size:
+            raise ValueError(f"--mask is {mk.size[0]}x{mk.size[1]} but --image is {im.size[0]}x{im.size[1]}; "
+                             f"draw the mask at the image's size (both get the same resize/crop)")
     model, vq, img = _load_for_edit(checkpoint, tokenizer_dir, image, device)
     mask, _ = load_mask(mask_path, vq.config.image_size)
     _write_edit(edit_inpaint(model, vq, img, mask, label, steps=steps, schedule=schedule, seed=seed,

@@ -204,6 +204,9 @@ def test_cli_edit_commands(models, tmp_path):
               "--steps", "4"])
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "out.png").size == (64, 32)
+    Image.fromarray(mask[:32]).save(tmp_path / "small_mask.png")
+    r = _run(["edit", "inpaint", *common, "--mask", str(tmp_path / "small_mask.png"), "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 2 and "draw the mask at the image's size" in r.output
     r = _run(["edit", "outpaint", *common, "--extend", "up=16", "--out", str(tmp_path / "bad.png")])
     assert r.exit_code == 2 and "SIDE=PIXELS" in r.output
 
