@@ -252,3 +252,13 @@ def test_sample_set_same_images_locally_and_on_ray(ckpts, tmp_path):
     first = (tmp_path / "local" / "shard-00000.npz").stat().st_mtime_ns
     sample_set(ck, tk, labels, tmp_path / "local", seed=4, shard_size=2, steps=4, device="cpu")
     assert (tmp_path / "local" / "shard-00000.npz").stat().st_mtime_ns == first  # skipped on rerun
+
+
+def test_cfg_reads_null_label_from_the_checkpoint(tmp_path):
+    """The trainer writes ``null_label`` into config.json when it trains with class dropout."""
+    torch.manual_seed(0)
+    transformer.save(transformer.build("debug", latent_size=8), tmp_path / "m", extra={"null_label": 9})
+    m = transformer.load(tmp_path / "m")
+    a = sample_tokens(m, [1, 2], seed=0, guidance_scale=2.0).tokens
+    b = sample_tokens(m, [1, 2], seed=0, guidance_scale=2.0, null_label=9).tokens
+    assert torch.equal(a, b)
