@@ -327,9 +327,9 @@ def sample_tokens(model: torch.nn.Module, labels: torch.Tensor | list[int], *, s
     inputs = torch.full((b, cfg.seq_len), cfg.mask_token_id, dtype=torch.long)
     inputs[:, 0] = cfg.codebook_size + labels
     inputs = inputs.to(device)
-    if noise is None:
-        noise = SeededNoise([(0 if seed is None else seed) + i for i in range(b)], device=device) \
-            if seed is not None else TorchGumbelNoise(device=device)
+    if noise is None:  # seed None: fresh randomness from torch's global generator
+        noise = SeededNoise([seed + i for i in range(b)], device=device) if seed is not None \
+            else TorchGumbelNoise(device=device)
     guided = guidance_scale != 0.0
     null_tok = cfg.codebook_size + resolve_null_label(model, null_label) if guided else None
 
