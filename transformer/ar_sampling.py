@@ -14,7 +14,30 @@ import torch
 
 from .sampling import SeededNoise, TorchGumbelNoise, top_k_filter
 
-__all__ = ["ar_decode", "ar_sample_tokens", "ARNoise"]
+__all__ = ["ar_decode", "ar_sample_tokens", "ARNoise", "StaticKVCache"]
+
+
+class StaticKVCache:
+    """A KV cache preallocated to the full sequence: each step writes one slice instead of
+    concatenating (O(L) copies per step with ``torch.cat``). Same interface as the model's KVCache."""
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self.pos = 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, h, n, d = k.shape  # (B, H, n, Dh)
+        if self.k is None:
+            self.k = k.new_empty(b, h, self.max_len, d)
+            self.v = v.new_empty(b, h, self.max_len, d)
+        if self.pos + n > self.max_len:
+            raise ValueError(f"KV cache of {self.max_len} positions cannot take {self.pos + n}")
+        self.k[:, :, self.pos:self.pos + n] = k
+        self.v[:, :, self.pos:self.pos + n] = v
+        self.pos += n
+        return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
 
 
 class ARNoise(Protocol):
@@ -41,7 +64,7 @@ def ar_decode(model: torch.nn.Module, prefix: torch.Tensor, *, num_tokens: int, 
     noise = noise or TorchGumbelNoise(device=prefix.device)
     k = cfg.codebook_size
     seq = prefix.long()
-    caches = model.new_kv_caches() if use_cache else None
+    caches = [StaticKVCache(p + num_tokens) for _ in model.layers] if use_cache else None
     if use_cache:
         logits = model(seq, kv_caches=caches, start_pos=0)[:, -1]  # (B, V)
     for i in range(num_tokens):
