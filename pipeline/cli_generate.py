@@ -108,7 +108,13 @@ def sample_cmd(checkpoint, tokenizer_dir, classes, n, steps, schedule, seed, cho
 
 @click.group("edit")
 def edit_group() -> None:
-    """Edit an image with a MaskGIT model: replace a box's class, inpaint a mask, outpaint."""
+    """Edit an image with a MaskGIT model: replace a box's class, inpaint a mask, outpaint.
+
+    \b
+    Example:
+      maskgit-pipeline edit replace --checkpoint ckpt/official256 --tokenizer ckpt/official256 \\
+          --image dog.jpg --bbox 64_32_128_144 --class 207 --out cat.png
+    """
 
 
 def _edit_common(f):
