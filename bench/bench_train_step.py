@@ -24,6 +24,7 @@ for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "
 import torch  # noqa: E402
 
 import transformer  # noqa: E402
+from pipeline.train_loop import _ConfiguredEngine  # noqa: E402
 from transformer.objectives import ObjectiveConfig, compute_objective  # noqa: E402
 
 
@@ -61,10 +62,10 @@ def main() -> None:
     torch.manual_seed(0)
     engine, *_ = deepspeed.initialize(model=transformer.build(cfg), config=ds_cfg,
                                       model_parameters=None)
-    engine.config = cfg  # compute_objective reads model.config
+    net = _ConfiguredEngine(engine, cfg)  # compute_objective reads model.config
 
     def ds_step() -> None:
-        out = compute_objective(engine, images, labels, ocfg, generator=torch.Generator().manual_seed(1))
+        out = compute_objective(net, images, labels, ocfg, generator=torch.Generator().manual_seed(1))
         engine.backward(out.loss)
         engine.step()
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import transformer
 from pipeline.stream import StreamConfig, TokenStream
 from pipeline.synthetic_tokens import write_synthetic_token_dataset
-from pipeline.train_loop import COMPLETE, find_resume, lr_factor
+from pipeline.train_loop import COMPLETE, export_run, find_resume, lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -96,6 +97,10 @@ def test_two_rank_training_loss_decreases_and_exports(reference):
     assert model.config.num_classes == 11 and model.checkpoint_meta["null_label"] == 10
     assert model.checkpoint_meta["trained_steps"] == STEPS
     assert (out / "tb").is_dir() and any((out / "tb").iterdir())
+    # the offline export (CLI train-export) of the final checkpoint gives the same weights
+    again = transformer.load(export_run(out, out / "export-again"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert again.checkpoint_meta["null_label"] == 10
 
 
 def test_kill9_then_resume_matches_uninterrupted(reference, data, tmp_path):
@@ -183,3 +188,38 @@ def test_lr_schedule_and_resume_picker(tmp_path):
         if done:
             (d / COMPLETE).write_text("{}")
     assert find_resume(tmp_path) == "step00000020" and find_resume(tmp_path / "none") is None
+
+
+@pytest.mark.slow
+def test_zero1_checkpoint_resumes_on_one_rank_through_universal_conversion(data, tmp_path):
+    """ZeRO-1 partitions the optimizer state: 2 ranks -> ds_to_universal.py -> 1 rank (~60 s, slow)."""
+    ds = json.loads(Path(DS_CPU).read_text())
+    ds["zero_optimization"] = {"stage": 1}
+    cfg = tmp_path / "ds_zero1.json"
+    cfg.write_text(json.dumps(ds))
+    src = tmp_path / "two"
+    env = _env()
+    base = [str(REPO / "jobs" / "train_mvtm.py"), "--deepspeed_config", str(cfg), "--data", str(data)]
+    r = subprocess.run([str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", "29621", *base,
+                        "--out", str(src), "steps=20", "save_every=10", "block_size=64", "shuffle_buffer=256"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
+    dst = tmp_path / "one"
+    tag = "step00000010"
+    import deepspeed
+
+    script = Path(deepspeed.__file__).parent / "checkpoint" / "ds_to_universal.py"
+    r = subprocess.run([sys.executable, str(script), "--input_folder", str(src / "checkpoints" / tag),
+                        "--output_folder", str(dst / "checkpoints" / tag), "--inject_missing_state"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    shutil.copy(src / "checkpoints" / tag / COMPLETE, dst / "checkpoints" / tag / COMPLETE)
+    r = subprocess.run([str(VENV_BIN / "deepspeed"), "--num_gpus", "1", "--master_port", "29622", *base,
+                        "--out", str(dst), "--resume", "auto", "steps=20", "save_every=10", "block_size=64",
+                        "shuffle_buffer=256", "universal=true"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert f"resumed {tag}: step 10, stream at global sample 160 (saved by 2 ranks, now 1)" in r.stdout + r.stderr
+    rows = _metrics(dst)
+    assert rows[11]["index_min"] == 160 and rows[20]["samples_seen"] == 160 + 10 * 8
+    assert transformer.load(dst / "export").config.num_classes == 10
