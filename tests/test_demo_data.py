@@ -157,3 +157,18 @@ def test_demo_runs_its_stages_and_reports_the_missing_ones(tmp_path):
     assert rec["images"] == 20 and 0.0 < rec["usage"] <= 1.0 and rec["latent_grid"] == [8, 8]
     assert metrics["train_tokenizer"]["steps"] == 3
     assert [c["verdict"] for c in metrics["claims"]] == ["not measured"] * 3
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_demo_settings_fit_the_demo_transformer(quick):
+    import tokenizer
+    import transformer
+    from pipeline.demo import demo_settings
+
+    s = demo_settings(quick)
+    tok = tokenizer.preset(s.tokenizer_preset)
+    tcfg = transformer.preset(s.transformer_preset)
+    transformer.check_pair(tcfg, tok.codebook_size, tok.latent_size)  # raises if codebook or grid differ
+    assert tok.image_size == s.data.image_size and tok.latent_size == 8
+    assert tcfg.num_classes == s.data.num_classes == 16
+    assert s.tokenizer_train.threads == 1 and s.tokenizer_train.max_seconds is not None
