@@ -286,9 +286,7 @@ def train_tokenizer(data: str | os.PathLike | ImageSet, *, model_config: VQGANCo
     history record as it is made (for progress display).
     """
     mcfg = tokenizer_preset(model_config) if isinstance(model_config, str) else model_config
-    if config is None:
-        config = train_preset(model_config) if isinstance(model_config, str) else TrainConfig()
-    cfg = config
+    cfg = config or (train_preset(model_config) if isinstance(model_config, str) else TrainConfig())
     threads_before = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
