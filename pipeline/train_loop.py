@@ -281,7 +281,7 @@ def train(cfg: TrainConfig, ds_config: dict[str, Any], *, resume: str | None = N
     while state["step"] < cfg.steps and (cfg.stop_after is None or state["step"] - start_step < cfg.stop_after):
         batch = next(it)
         torch.manual_seed(_seed(cfg.seed, state["micro_step"], rank))  # dropout
-        gen = torch.Generator().manual_seed(_seed(cfg.seed, int(batch["index"][0]), 7))  # masking
+        gen = torch.Generator(device=engine.device).manual_seed(_seed(cfg.seed, int(batch["index"][0]), 7))
         images = batch["images"].to(engine.device)
         labels = batch["labels"].to(engine.device)
         o = compute_objective(net, images, labels, ocfg, generator=gen)

@@ -223,3 +223,26 @@ def test_zero1_checkpoint_resumes_on_one_rank_through_universal_conversion(data,
     rows = _metrics(dst)
     assert rows[11]["index_min"] == 160 and rows[20]["samples_seen"] == 160 + 10 * 8
     assert transformer.load(dst / "export").config.num_classes == 10
+
+
+@pytest.mark.parametrize("name,stage,bf16", [("ds_config", 1, True), ("ds_config_zero2", 2, True),
+                                             ("ds_config_zero3", 3, True), ("ds_config_cpu", 0, False)])
+def test_shipped_deepspeed_configs_parse_with_the_recipe(name, stage, bf16):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    d = json.loads((REPO / "jobs" / f"{name}.json").read_text())
+    d["train_batch_size"] = d["train_micro_batch_size_per_gpu"] * d["gradient_accumulation_steps"]
+    c = DeepSpeedConfig(d)
+    assert c.zero_optimization_stage == stage and bool(c.bfloat16_config.enabled) == bf16
+    assert c.optimizer_name == "adamw" and c.gradient_clipping == 1.0
+    assert c.optimizer_params["betas"] == [0.9, 0.96] and c.optimizer_params["weight_decay"] == 0.045
+    assert c.optimizer_params.get("torch_adam", False) == (name == "ds_config_cpu")
+
+
+def test_shipped_train_config_loads():
+    from pipeline.train_loop import load_train_config
+
+    cfg = load_train_config(str(REPO / "jobs" / "train_debug.json"), {"data": "x", "out": "y", "objective": "ar"})
+    assert cfg.model_config().causal and cfg.steps == 40
+    with pytest.raises(ValueError, match=r"unknown training config keys \['stepz'\]"):
+        load_train_config(str(REPO / "jobs" / "train_debug.json"), {"data": "x", "out": "y", "stepz": 1})
