@@ -135,3 +135,14 @@ def test_seeded_decode_is_reproducible_and_fills_every_token():
     n = cfg.num_image_tokens
     known_after = [(a[:, s, 1:] < cfg.codebook_size).sum(-1) for s in range(8)]
     assert all((k == n).all() for k in known_after)  # every recorded step is fully sampled
+
+
+def test_mask_len_table_matches_the_per_step_rule():
+    from transformer.schedules import mask_len_table
+
+    n0 = np.array([256, 17, 1])
+    table = mask_len_table(n0, 12, "cosine")
+    assert table.shape == (3, 12)
+    assert table[0].tolist() == mask_len_sequence(256, 12, "cosine")
+    for t in range(12):  # with plenty remaining, the clamped rule is max(1, table)
+        assert mask_len(t, 12, n0, np.array([10**6] * 3), "cosine").tolist() == np.maximum(1, table[:, t]).tolist()

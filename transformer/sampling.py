@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from .schedules import canonical_schedule, mask_len
+from .schedules import canonical_schedule, mask_len_table
 
 __all__ = ["DecodeNoise", "TorchGumbelNoise", "ArrayNoise", "SeededNoise", "decode", "mask_by_random_topk",
            "gumbel", "parallel_decode", "DecodeResult", "sample_tokens", "halton_order", "guidance_weight",
@@ -92,30 +92,9 @@ def decode(logits_fn: LogitsFn, inputs: torch.Tensor, *, mask_token_id: int, cod
     Returns final_seqs (B, T, L): each step's sampled tokens; steps before ``start_iter``
     hold the input. The generated sequence is ``final_seqs[:, -1]``.
     """
-    schedule = canonical_schedule(schedule)
-    if not 0 <= start_iter < num_iter:
-        raise ValueError(f"start_iter must lie in [0, num_iter={num_iter}), got {start_iter}")
-    noise = noise or TorchGumbelNoise(device=inputs.device)
-    cur = inputs.long().clone()  # (B, L)
-    b, n = cur.shape
-    n0 = (cur == mask_token_id).sum(-1).cpu().numpy()  # (B,) unknown at the start
-    final = cur[:, None, :].repeat(1, num_iter, 1)  # (B, T, L)
-    for step in range(start_iter, num_iter):
-        logits = logits_fn(cur)[..., :codebook_size].float()  # (B, L, K)
-        sampled = torch.argmax(logits + noise.token_gumbel(step, tuple(logits.shape)).to(logits.device), dim=-1)
-        unknown = cur == mask_token_id  # (B, L)
-        sampled = torch.where(unknown, sampled, cur)
-        final[:, step] = sampled
-        ratio = (step + 1) / num_iter
-        probs = torch.softmax(logits, dim=-1)
-        selected = torch.gather(probs, -1, sampled.clamp(max=codebook_size - 1)[..., None])[..., 0]  # (B, L)
-        selected = torch.where(unknown, selected, torch.full_like(selected, float("inf")))
-        remaining = unknown.sum(-1).cpu().numpy()
-        m_len = torch.from_numpy(mask_len(step, num_iter, n0, remaining, schedule))[:, None].to(cur.device)
-        temp = choice_temperature * (1.0 - ratio)
-        masking = mask_by_random_topk(m_len, selected, temp, noise.choice_gumbel(step, (b, n)).to(cur.device))
-        cur = torch.where(masking, torch.full_like(sampled, mask_token_id), sampled)
-    return final
+    return parallel_decode(lambda cur, step: logits_fn(cur), inputs, mask_token_id=mask_token_id,
+                           codebook_size=codebook_size, num_iter=num_iter, start_iter=start_iter,
+                           choice_temperature=choice_temperature, schedule=schedule, noise=noise).sampled
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,7 +233,8 @@ def parallel_decode(logits_fn: StepLogitsFn, inputs: torch.Tensor, *, mask_token
         rank = torch.zeros(n, dtype=torch.float32)
         rank[1 + torch.from_numpy(halton_order(*grid))] = torch.arange(n - 1, dtype=torch.float32)
         rank = rank.to(cur.device)[None].expand(b, n)  # (B, L): position's place in the Halton order
-    n0 = (cur == mask_token_id).sum(-1).cpu().numpy()  # (B,)
+    n0 = (cur == mask_token_id).sum(-1).cpu().numpy()  # (B,) unknown at the start: the one host sync
+    raw_len = torch.from_numpy(mask_len_table(n0, num_iter, schedule)).to(cur.device)  # (B, T) floor(N0 gamma)
     final = cur[:, None, :].repeat(1, num_iter, 1)  # (B, T, L)
     masked = (cur == mask_token_id)[:, None, :].repeat(1, num_iter, 1) if record else None  # (B, T, L)
     for step in range(start_iter, num_iter):
@@ -265,8 +245,8 @@ def parallel_decode(logits_fn: StepLogitsFn, inputs: torch.Tensor, *, mask_token
         sampled = torch.where(unknown, sampled, cur)
         final[:, step] = sampled
         ratio = (step + 1) / num_iter
-        remaining = unknown.sum(-1).cpu().numpy()
-        m_len = torch.from_numpy(mask_len(step, num_iter, n0, remaining, schedule))[:, None].to(cur.device)
+        remaining = unknown.sum(-1, keepdim=True)  # (B, 1)
+        m_len = torch.clamp(torch.minimum(remaining - 1, raw_len[:, step:step + 1]), min=1)  # official clamp
         if rank is None:
             probs = torch.softmax(logits, dim=-1)
             selected = torch.gather(probs, -1, sampled.clamp(max=codebook_size - 1)[..., None])[..., 0]  # (B, L)

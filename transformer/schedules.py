@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-__all__ = ["SCHEDULES", "mask_ratio", "mask_len", "mask_len_sequence", "canonical_schedule"]
+__all__ = ["SCHEDULES", "mask_ratio", "mask_len", "mask_len_sequence", "mask_len_table", "canonical_schedule"]
 
 # name -> description; aliases map the official spellings ("uniform", "pow2", ...) here.
 SCHEDULES = {
@@ -70,3 +70,14 @@ def mask_len_sequence(num_tokens: int, num_iter: int, method: str = "cosine") ->
     """The unclamped floor(N * gamma) per step, as the fixture's ``cosine_T8`` etc. record it."""
     return [int(np.floor(np.float32(num_tokens) * mask_ratio((t + 1) / num_iter, num_tokens, method)))
             for t in range(num_iter)]
+
+
+def mask_len_table(total_unknown: np.ndarray, num_iter: int, method: str = "cosine") -> np.ndarray:
+    """(B,) unknown counts at the start -> (B, T) unclamped floor(N0 * gamma((t+1)/T)).
+
+    The decoder clamps each entry to [1, remaining - 1] on the device, so no step needs the
+    host (no GPU synchronisation inside the loop).
+    """
+    n0 = np.asarray(total_unknown, dtype=np.float32)
+    cols = [np.floor(n0 * mask_ratio((t + 1) / num_iter, n0, method)) for t in range(num_iter)]
+    return np.stack(cols, axis=-1).astype(np.int64)
