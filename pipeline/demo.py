@@ -370,7 +370,8 @@ def write_report(ctx: DemoContext, records: list[StageRecord]) -> Path:
     os.replace(tmp, ctx.out / "metrics.json")
 
     lines = [f"# MaskGIT pipeline demo ({'quick' if ctx.settings.quick else 'full'})", "",
-             "All numbers below were measured in this run; `metrics.json` holds them all.", "",
+             "All numbers below were measured in this run; `metrics.json` holds them all."
+             + (f" Total time: {ctx.metrics['total_seconds']:.0f} s." if "total_seconds" in ctx.metrics else ""), "",
              "| # | stage | status | seconds | note |", "|---|---|---|---|---|"]
     for i, r in enumerate(records, 1):
         note = r.message.replace("|", "\\|").splitlines()[0] if r.message else ""
