@@ -34,7 +34,7 @@ from transformer.objectives import ObjectiveConfig, compute_objective
 from .stream import StreamConfig, TokenStream
 
 __all__ = ["TrainConfig", "load_train_config", "parse_overrides", "find_resume", "lr_factor", "train",
-           "export_checkpoint", "export_run", "deepspeed_command", "run_training", "jobs_dir", "COMPLETE"]
+           "export_checkpoint", "export_run", "sample_grid", "deepspeed_command", "run_training", "jobs_dir", "COMPLETE"]
 
 log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
@@ -91,6 +91,10 @@ class TrainConfig:
     """Skip missing/corrupt shards (and count them) instead of failing."""
     universal: bool = False
     """Resume from a DeepSpeed universal checkpoint (after ds_to_universal.py), any world size."""
+    sample_every: int = 0
+    """Log a grid of 8 class-conditional samples to TensorBoard every N steps (0 = off; ZeRO 0-2)."""
+    sample_tokenizer: str | None = None
+    """Tokenizer checkpoint to decode samples into images; None logs the token-id maps as images."""
     stop_after: int | None = None
     """Stop (without final export) after this many steps of this run; for tests/preemption drills."""
 
@@ -183,6 +187,33 @@ class _Ema:
             self.shadow[k].mul_(self.decay).add_(p.detach().float(), alpha=1.0 - self.decay)
 
 
+def sample_grid(model: torch.nn.Module, *, objective: str, tokenizer=None, n: int = 8,
+                null_label: int | None = None) -> torch.Tensor:
+    """A (3, H, n*W) image in [0, 1] of ``n`` class-conditional samples (classes 0, 1, ...; seed 0)."""
+    from transformer.ar_sampling import ar_sample_tokens
+    from transformer.sampling import sample_tokens
+
+    cfg = model.config
+    classes = [c for c in range(cfg.num_classes) if c != null_label]
+    labels = torch.tensor([classes[i % len(classes)] for i in range(n)])
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        if objective == "ar":
+            tokens = ar_sample_tokens(model, labels, seed=0)  # (n, h, w)
+        else:
+            tokens = sample_tokens(model, labels, steps=8, seed=0).tokens  # (n, h, w)
+        tokens = tokens.cpu()
+        if tokenizer is not None:
+            images = tokenizer.decode_ids(tokens).clamp(0, 1)  # (n, 3, H, W)
+        else:
+            images = (tokens.float() / (cfg.codebook_size - 1))[:, None].repeat(1, 3, 1, 1)  # (n, 3, h, w)
+            scale = max(1, 32 // cfg.latent_size)
+            images = images.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    model.train(was_training)
+    return torch.cat(list(images.float()), dim=2)  # (3, H, n*W)
+
+
 def _write_metrics(path: Path, row: dict[str, Any]) -> None:
     with path.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -273,6 +304,7 @@ def train(cfg: TrainConfig, ds_config: dict[str, Any], *, resume: str | None = N
 
     engine.train()
     net = _ConfiguredEngine(engine, mcfg)
+    tokenizer = None
     start_step = state["step"]
     acc_loss = acc_correct = acc_scored = 0.0
     idx_min, idx_max, id_sum = math.inf, -1, 0
@@ -321,6 +353,16 @@ def train(cfg: TrainConfig, ds_config: dict[str, Any], *, resume: str | None = N
             t0, step_samples = time.perf_counter(), 0
             idx_min, idx_max, id_sum = math.inf, -1, 0
         acc_loss = acc_correct = acc_scored = 0.0
+        if cfg.sample_every and state["step"] % cfg.sample_every == 0 and rank == 0:
+            if zero_stage >= 3:
+                log.warning("sample_every needs full parameters on rank 0; not sampling under ZeRO-3")
+            else:
+                if tokenizer is None and cfg.sample_tokenizer:
+                    import tokenizer as tokenizer_pkg
+                    tokenizer = tokenizer_pkg.load(cfg.sample_tokenizer)
+                grid = sample_grid(engine.module, objective=cfg.objective,
+                                   tokenizer=tokenizer, null_label=null_label)
+                writer.add_image("samples", grid, state["step"])
         if state["step"] % cfg.save_every == 0 or state["step"] == cfg.steps:
             save(state["step"])
     summary = {"step": state["step"], "samples_seen": state["samples_seen"], "skipped_samples": stream.skipped_samples}

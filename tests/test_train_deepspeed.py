@@ -79,7 +79,7 @@ def data(tmp_path_factory) -> Path:
 def reference(tmp_path_factory, data) -> tuple[Path, dict]:
     """One uninterrupted 2-rank run: the reference of every check below."""
     out = tmp_path_factory.mktemp("ref")
-    text = _launch(2, out, data, [], port=29611)
+    text = _launch(2, out, data, ["sample_every=60"], port=29611)
     return out, _summary(text)
 
 
@@ -96,7 +96,12 @@ def test_two_rank_training_loss_decreases_and_exports(reference):
     model = transformer.load(summary["export"])
     assert model.config.num_classes == 11 and model.checkpoint_meta["null_label"] == 10
     assert model.checkpoint_meta["trained_steps"] == STEPS
-    assert (out / "tb").is_dir() and any((out / "tb").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(out / "tb"), size_guidance={"images": 0}).Reload()
+    assert {"train/loss", "train/masked_acc", "train/lr", "train/tokens_per_s", "train/samples_per_s"} <= set(
+        tb.Tags()["scalars"])
+    assert [e.step for e in tb.Images("samples")] == [60, 120]
     # the offline export (CLI train-export) of the final checkpoint gives the same weights
     again = transformer.load(export_run(out, out / "export-again"))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
