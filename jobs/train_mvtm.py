@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", help="'auto' (newest complete checkpoint in <out>/checkpoints) or a tag/path.")
     p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="key=value TrainConfig overrides.")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
 
     for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                  "MASTER_PORT": "29511"}.items():

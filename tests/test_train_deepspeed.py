@@ -170,10 +170,16 @@ def _single(args: list[str], out: Path, data: Path) -> subprocess.CompletedProce
 
 def test_ar_objective_and_bad_shard_errors(data, tmp_path):
     """One process without the launcher: AR training on the same data, then the missing-shard error."""
-    r = _single(["--objective", "ar"], tmp_path / "ar", data)
+    r = _single(["--objective", "ar", "ema_decay=0.5"], tmp_path / "ar", data)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     model = transformer.load(json.loads(r.stdout.strip().splitlines()[-1])["export"])
     assert model.config.causal and model.checkpoint_meta["objective"] == "ar"
+    # with EMA on, the export holds the EMA weights, not the raw ones
+    states = torch.load(tmp_path / "ar" / "checkpoints" / "step00000006" / "mp_rank_00_model_states.pt",
+                        weights_only=True)
+    w = model.state_dict()["word_embeddings.weight"]
+    assert torch.equal(w, states["ema"]["word_embeddings.weight"])
+    assert not torch.equal(w, states["module"]["word_embeddings.weight"])
     broken = tmp_path / "broken"
     shutil.copytree(data, broken)
     (broken / "parquet" / "unit-00001.parquet").unlink()
