@@ -161,17 +161,24 @@ def test_two_rank_checkpoint_resumes_on_one_rank_at_same_sample(reference, data,
         assert rows[s]["sample_id_sum"] == int(stream.batch_at(pos)["sample_id"].sum())
 
 
-def _single(args: list[str], out: Path, data: Path) -> subprocess.CompletedProcess:
+def _single(args: list[str], out: Path, data: Path, ds_config: str = DS_CPU) -> subprocess.CompletedProcess:
     env = dict(_env(), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29615")
-    cmd = [sys.executable, str(REPO / "jobs" / "train_mvtm.py"), "--deepspeed_config", DS_CPU, "--data", str(data),
+    cmd = [sys.executable, str(REPO / "jobs" / "train_mvtm.py"), "--deepspeed_config", ds_config, "--data", str(data),
            "--out", str(out), "steps=6", "save_every=3", "block_size=64", "shuffle_buffer=256"] + args
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_ar_objective_and_bad_shard_errors(data, tmp_path):
-    """One process without the launcher: AR training on the same data, then the missing-shard error."""
-    r = _single(["--objective", "ar", "ema_decay=0.5"], tmp_path / "ar", data)
+    """One process without the launcher: AR training on the same data (gradient accumulation 2, EMA),
+    then the missing-shard error."""
+    ds = json.loads(Path(DS_CPU).read_text())
+    ds["gradient_accumulation_steps"] = 2
+    (tmp_path / "ds_accum2.json").write_text(json.dumps(ds))
+    r = _single(["--objective", "ar", "ema_decay=0.5"], tmp_path / "ar", data, str(tmp_path / "ds_accum2.json"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rows = _metrics(tmp_path / "ar")  # 2 micro-batches of 8 per optimizer step
+    assert [rows[s]["samples_seen"] for s in range(1, 7)] == [16 * s for s in range(1, 7)]
+    assert rows[3]["index_min"] == 32 and rows[3]["index_max"] == 47
     model = transformer.load(json.loads(r.stdout.strip().splitlines()[-1])["export"])
     assert model.config.causal and model.checkpoint_meta["objective"] == "ar"
     # with EMA on, the export holds the EMA weights, not the raw ones
