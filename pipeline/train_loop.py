@@ -141,6 +141,10 @@ def load_train_config(path: str | None, overrides: dict[str, Any]) -> TrainConfi
     unknown = sorted(set(d) - names)
     if unknown:
         raise ValueError(f"unknown training config keys {unknown}; valid keys are {sorted(names)}")
+    missing = [k for k in ("data", "out") if not d.get(k)]
+    if missing:
+        raise ValueError(f"training config lacks {missing}: pass --data DATASET and --out RUN_DIR "
+                         "(or set them in the --config file)")
     return TrainConfig(**d)
 
 

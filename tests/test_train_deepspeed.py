@@ -264,3 +264,5 @@ def test_shipped_train_config_loads():
     assert cfg.model_config().causal and cfg.steps == 40
     with pytest.raises(ValueError, match=r"unknown training config keys \['stepz'\]"):
         load_train_config(str(REPO / "jobs" / "train_debug.json"), {"data": "x", "out": "y", "stepz": 1})
+    with pytest.raises(ValueError, match=r"lacks \['data'\]: pass --data DATASET"):
+        load_train_config(str(REPO / "jobs" / "train_debug.json"), {"out": "y"})
