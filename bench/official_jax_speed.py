@@ -5,6 +5,7 @@ the official repository (not part of this project; pass its path):
     /path/to/jax-venv/bin/python bench/official_jax_speed.py --official-repo /path/to/maskgit
 
 Random weights (speed does not depend on the values), float32, jit. Prints one JSON line.
+For one CPU thread: XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".
 """
 from __future__ import annotations
 
@@ -29,20 +30,26 @@ def main() -> None:
     from maskgit.configs import vqgan_config
     from maskgit.nets import maskgit_transformer, vqgan_tokenizer
 
+    cpu_seconds: list[float] = []
+
     def best(fn):
         jax.block_until_ready(fn())
-        t = float("inf")
+        t, c = float("inf"), float("inf")
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             jax.block_until_ready(fn())
-            t = min(t, time.perf_counter() - t0)
+            t, c = min(t, time.perf_counter() - t0), min(c, time.process_time() - c0)
+        cpu_seconds.append(c)
         return t
 
     rows = []
     for precision in args.precisions.split(","):
         ctx = jax.default_matmul_precision(None if precision == "default" else precision)
         with ctx:
-            rows += _time_all(jax, jnp, vqgan_config, vqgan_tokenizer, maskgit_transformer, best, args, precision)
+            new = _time_all(jax, jnp, vqgan_config, vqgan_tokenizer, maskgit_transformer, best, args, precision)
+        for r, c in zip(new, cpu_seconds[len(rows):]):
+            r["cpu_seconds"] = c
+        rows += new
     print(json.dumps({"jax": jax.__version__, "backend": jax.default_backend(), "rows": rows}))
 
 

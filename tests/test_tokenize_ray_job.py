@@ -65,9 +65,16 @@ set -u
 export PATH="{BIN}:$PATH" RAY_AUTH_MODE=disabled  # loopback-only throwaway cluster (see STACK-NOTES)
 {ray} start --head --node-ip-address 127.0.0.1 --port {port} --dashboard-host 127.0.0.1 --dashboard-port {dash} \
   --num-cpus 2 --disable-usage-stats --temp-dir {temp} >/dev/null || exit 11
-{ray} job submit --address http://127.0.0.1:{dash} --working-dir {REPO} -- \
-  python jobs/tokenize_imagenet.py {src} {out} --tokenizer {tok} --format both --unit-size 5
-rc=$?
+# the head's job agent can come up after `ray start` returns (seen on a loaded machine:
+# "No available agent to submit job"): retry only that refusal, for up to ~2 minutes
+for try in $(seq 40); do
+  {ray} job submit --address http://127.0.0.1:{dash} --working-dir {REPO} -- \
+    python jobs/tokenize_imagenet.py {src} {out} --tokenizer {tok} --format both --unit-size 5 > submit.log 2>&1
+  rc=$?
+  grep -q "No available agent" submit.log || break
+  sleep 3
+done
+cat submit.log
 {ray} stop --force >/dev/null 2>&1
 exit $rc
 """
