@@ -12,6 +12,9 @@ OFFICIAL_TINY = SHARED / "fixtures" / "official-tiny"
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
+# The test models are tiny: one thread is as fast, and two threads stall badly whenever other
+# processes (Ray workers, deepspeed ranks) share the 2 cores. Subprocesses set their own.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

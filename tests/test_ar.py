@@ -9,14 +9,6 @@ from transformer.ar_sampling import ar_decode, ar_sample_tokens
 from transformer.sampling import SeededNoise
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine run far faster on one thread (no spin contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def ar_model():

@@ -7,21 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
 from pipeline.demo_data import BAD_FILES, PHOTOS, DemoDataConfig, load_photo, make_demo_dataset
 from pipeline.preprocess import DecodeError, decode_rgb
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast and does not stall when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 SMALL = dict(num_classes=10, train_per_class=3, val_per_class=2)

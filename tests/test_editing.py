@@ -12,13 +12,6 @@ from pipeline.generate import edit_inpaint, edit_outpaint, edit_replace, fit_ima
 from transformer import editing as ed
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ------------------------------------------------------------------ pure functions, by hand
 

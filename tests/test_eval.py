@@ -14,13 +14,6 @@ from pipeline.evaluation.metrics import (fid_from_features, frechet_distance, in
                                          topk_accuracy)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _spd(rng, d):
     a = rng.normal(size=(d, d))

@@ -9,18 +9,10 @@ import pytest
 import torch
 
 import transformer
-from transformer.sampling import (ArrayNoise, SeededNoise, decode, guidance_weight, halton_order,
+from transformer.sampling import (ArrayNoise, decode, guidance_weight, halton_order,
                                   parallel_decode, sample_tokens, top_k_filter)
 from transformer.schedules import SCHEDULES, mask_ratio
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine run far faster on one thread (no spin contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

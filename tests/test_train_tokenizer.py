@@ -15,14 +15,6 @@ from tokenizer.train import (TrainConfig, codebook_stats, load_image_folder, psn
                              train_tokenizer)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast and does not stall when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["VQGANConfig", "PRESETS", "preset", "config_from_dict"]

@@ -5,7 +5,6 @@ LayerNorm, and an MLM head tied to the word embeddings plus a bias (spec §2).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
