@@ -77,7 +77,7 @@ def test_old_config_fills_defaults_and_unknown_keys_fail(tmp_path, caplog):
     assert "norm_eps" in caplog.text
     meta["config"]["bogus"] = 1
     (tmp_path / "vq" / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"unknown VQGAN config keys \['bogus'\]"):
+    with pytest.raises(ValueError, match=r"unknown VQGANConfig keys \['bogus'\]"):
         tok.load(tmp_path / "vq")
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .checkpoint_io import check_state_dict, read_checkpoint_dir, save_checkpoint_dir
-from .config import PRESETS, VQGANConfig, config_from_dict, preset
+from .checkpoint_io import load_model_dir, save_checkpoint_dir
+from .config import PRESETS, VQGANConfig, preset
 from .flax_msgpack import CheckpointError
 from .model import VQGAN
 from .search import CodebookSearch, TorchSearch
@@ -29,11 +29,5 @@ def save(model: VQGAN, directory: str | os.PathLike, *, extra: dict | None = Non
 
 def load(path: str | os.PathLike, *, map_location: str = "cpu") -> VQGAN:
     """Load a tokenizer directory (or a parent holding ``tokenizer/``), ready in eval mode."""
-    meta, state, d = read_checkpoint_dir(path, kind=KIND, subdir="tokenizer")
-    cfg = config_from_dict(meta["config"], source=str(d / "config.json"))
-    model = VQGAN(cfg)
-    check_state_dict(model, state, source=str(d))
-    model.load_state_dict(state)
-    model.checkpoint_dir = d  # type: ignore[attr-defined]
-    model.weights_sha256 = meta.get("weights_sha256")  # type: ignore[attr-defined]
-    return model.to(map_location).eval()
+    return load_model_dir(path, kind=KIND, subdir="tokenizer", config_cls=VQGANConfig, model_cls=VQGAN,
+                          map_location=map_location)

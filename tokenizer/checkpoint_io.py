@@ -5,8 +5,10 @@ Shared by the tokenizer and the transformer. ``config.json`` holds
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ from safetensors.torch import load_file, save_file
 from .flax_msgpack import CheckpointError
 
 __all__ = ["save_checkpoint_dir", "read_checkpoint_dir", "file_sha256", "resolve_checkpoint_dir",
-           "check_state_dict", "FORMAT_VERSION"]
+           "check_state_dict", "dataclass_from_dict", "load_model_dir", "FORMAT_VERSION"]
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -103,3 +107,31 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, 
         if tuple(state[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{source}: parameter {k} has shape {tuple(state[k].shape)}, "
                                   f"the config expects {tuple(v.shape)}")
+
+
+def dataclass_from_dict(cls: type, d: dict[str, Any], *, source: str = "config") -> Any:
+    """Build a config dataclass from a dict (config.json). Unknown keys are an error that lists the
+    valid ones; missing keys take the defaults, which keep the old behaviour, and are logged."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown {cls.__name__} keys {unknown}; valid keys are {sorted(names)}")
+    missing = sorted(names - set(d))
+    if missing:
+        log.info("%s: keys %s missing, using defaults", source, missing)
+    return cls(**d)
+
+
+def load_model_dir(path: str | os.PathLike, *, kind: str, subdir: str, config_cls: type, model_cls: type,
+                   map_location: str = "cpu") -> torch.nn.Module:
+    """Load ``model.safetensors`` + ``config.json`` (or ``path/subdir/``) into ``model_cls(config)``,
+    ready in eval mode; the model keeps ``checkpoint_dir``, ``checkpoint_meta`` and ``weights_sha256``."""
+    meta, state, d = read_checkpoint_dir(path, kind=kind, subdir=subdir)
+    cfg = dataclass_from_dict(config_cls, meta["config"], source=str(d / CONFIG))
+    model = model_cls(cfg)
+    check_state_dict(model, state, source=str(d))
+    model.load_state_dict(state)
+    model.checkpoint_dir = d
+    model.checkpoint_meta = meta
+    model.weights_sha256 = meta.get("weights_sha256")
+    return model.to(map_location).eval()

@@ -6,13 +6,11 @@ The architecture is the official MaskGIT tokenizer (google-research/maskgit,
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["VQGANConfig", "PRESETS", "preset", "config_from_dict"]
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -88,19 +86,11 @@ class VQGANConfig:
 
 
 def config_from_dict(d: dict[str, Any], *, source: str = "config") -> VQGANConfig:
-    """Build a config from a dict (e.g. config.json). Unknown keys are an error; missing
-    keys take the defaults, which keep the official behaviour, and are logged."""
-    names = {f.name for f in dataclasses.fields(VQGANConfig)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown VQGAN config keys {unknown}; valid keys are {sorted(names)}")
-    missing = sorted(names - set(d))
-    if missing:
-        log.info("%s: keys %s missing, using defaults", source, missing)
-    kw = dict(d)
-    if "channel_multipliers" in kw:
-        kw["channel_multipliers"] = tuple(kw["channel_multipliers"])
-    return VQGANConfig(**kw)
+    """Build a config from a dict (e.g. config.json); unknown keys are an error, missing keys take
+    the defaults (which keep the old behaviour) and are logged."""
+    from tokenizer.checkpoint_io import dataclass_from_dict
+
+    return dataclass_from_dict(VQGANConfig, d, source=source)
 
 
 PRESETS: dict[str, VQGANConfig] = {

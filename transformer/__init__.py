@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tokenizer.checkpoint_io import check_state_dict, read_checkpoint_dir, save_checkpoint_dir
+from tokenizer.checkpoint_io import load_model_dir, save_checkpoint_dir
 from tokenizer.flax_msgpack import CheckpointError
 
-from .config import PRESETS, TransformerConfig, config_from_dict, preset
+from .config import PRESETS, TransformerConfig, preset
 from .model import MaskGITTransformer
 
 __all__ = ["MaskGITTransformer", "TransformerConfig", "PRESETS", "preset", "build", "load", "save",
@@ -31,14 +31,8 @@ def save(model: MaskGITTransformer, directory: str | os.PathLike, *, extra: dict
 
 def load(path: str | os.PathLike, *, map_location: str = "cpu") -> MaskGITTransformer:
     """Load a transformer directory (or a parent holding ``transformer/``), ready in eval mode."""
-    meta, state, d = read_checkpoint_dir(path, kind=KIND, subdir="transformer")
-    cfg = config_from_dict(meta["config"], source=str(d / "config.json"))
-    model = MaskGITTransformer(cfg)
-    check_state_dict(model, state, source=str(d))
-    model.load_state_dict(state)
-    model.checkpoint_dir = d  # type: ignore[attr-defined]
-    model.checkpoint_meta = meta  # type: ignore[attr-defined]
-    return model.to(map_location).eval()
+    return load_model_dir(path, kind=KIND, subdir="transformer", config_cls=TransformerConfig,
+                          model_cls=MaskGITTransformer, map_location=map_location)
 
 
 def check_pair(transformer_cfg: TransformerConfig, codebook_size: int, latent_size: int, *, source: str = "") -> None:

@@ -6,13 +6,11 @@ mask token = the last id (K + num_classes). Sequence = [class, h*w image tokens]
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["TransformerConfig", "PRESETS", "preset", "config_from_dict"]
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -90,15 +88,11 @@ class TransformerConfig:
 
 
 def config_from_dict(d: dict[str, Any], *, source: str = "config") -> TransformerConfig:
-    """Build a config from a dict; unknown keys are an error, missing keys take defaults (logged)."""
-    names = {f.name for f in dataclasses.fields(TransformerConfig)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown transformer config keys {unknown}; valid keys are {sorted(names)}")
-    missing = sorted(names - set(d))
-    if missing:
-        log.info("%s: keys %s missing, using defaults", source, missing)
-    return TransformerConfig(**d)
+    """Build a config from a dict (e.g. config.json); unknown keys are an error, missing keys take
+    the defaults (which keep the old behaviour) and are logged."""
+    from tokenizer.checkpoint_io import dataclass_from_dict
+
+    return dataclass_from_dict(TransformerConfig, d, source=source)
 
 
 PRESETS: dict[str, TransformerConfig] = {
