@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     try:
         summary = train(cfg, ds_config, resume=args.resume)
-    except ValueError as e:  # ShardError and config errors: one clear line
+    except ValueError as e:  # ShardError and config errors from this project: one clear line
+        if not _raised_by_project(e):
+            raise  # a ValueError from deep inside DeepSpeed/torch needs its traceback
         print(f"error: [rank {rank}] {e}", file=sys.stderr)
         return 2
     if rank == 0:
@@ -60,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     return 0
+
+
+def _raised_by_project(e: BaseException) -> bool:
+    """True when the innermost frame that raised ``e`` belongs to this project's packages: those
+    errors say what to fix; a ValueError from inside DeepSpeed or torch is shown with its traceback."""
+    import traceback
+
+    frames = [f for f, _ in traceback.walk_tb(e.__traceback__)]
+    name = frames[-1].f_globals.get("__name__", "") if frames else ""
+    return name.split(".")[0] in ("pipeline", "transformer", "tokenizer")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The real trainer through the real `deepspeed` launcher on one GPU, with the shipped GPU configs
+# (bf16 + ZeRO-1 default, then ZeRO-3 if time is left), official256 model, synthetic token shards.
+# Usage on a GPU box (deepspeed installed): OUT=/tmp/out bash bench/gpu/train_deepspeed_gpu.sh [SECONDS]
+set -u
+budget=${1:-180}
+start=$SECONDS
+OUT=${OUT:-./gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:${PYTHONPATH:-}
+python3 -c "from pipeline.synthetic_tokens import write_synthetic_token_dataset as w; \
+w('/tmp/tok', codebook_size=1024, latent_size=16, num_classes=1000, shard_sizes=[4096] * 4)" || exit 3
+for cfg in ds_config ds_config_zero3; do
+  left=$((budget - (SECONDS - start)))
+  [ "$left" -lt 40 ] && { echo "$cfg: skipped, $left s left" >> "$OUT/train_ds_summary.txt"; continue; }
+  t0=$SECONDS
+  timeout "$left" deepspeed --num_gpus 1 jobs/train_mvtm.py --deepspeed_config jobs/$cfg.json \
+      --config jobs/train_debug.json --data /tmp/tok --out /tmp/run_$cfg \
+      model=official256 steps=30 warmup_steps=5 save_every=30 log_every=5 > "$OUT/train_$cfg.log" 2>&1
+  echo "$cfg rc=$? seconds=$((SECONDS - t0))" >> "$OUT/train_ds_summary.txt"
+  tail -n 1 "$OUT/train_$cfg.log" >> "$OUT/train_ds_summary.txt"
+done
+cat "$OUT/train_ds_summary.txt"
