@@ -572,7 +572,7 @@ def evaluate(ctx: DemoContext) -> None:
     figs = ctx.out / "figures"
     fig = plot_curves(figs / "schedule_ablation.png",
                       {s: (list(sz.ablation_steps), v) for s, v in table.items()},
-                      title=f"FID-proxy vs steps T per mask schedule ({len(ab_labels)} samples/point)",
+                      title=f"FID-proxy vs T per schedule, {len(ab_labels)} samples/point",
                       xlabel="decoding steps T", ylabel="FID-proxy (lower is better)")
     ctx.add_figure("evaluate", "Figure 6 in miniature: FID-proxy vs number of decoding steps for each mask "
                    "schedule (same model, same seeds)", fig)
