@@ -1,6 +1,7 @@
 """``maskgit-pipeline demo``: the whole pipeline, offline, on a few CPU cores, with a report.
 
-The demo is a list of named stages (``STAGES``) run in order on one ``DemoContext``. Each
+The demo is a list of named stages (``STAGES``; stages 4-10 are in ``demo_stages.py``) run in
+order on one ``DemoContext``. Each
 stage reads what earlier stages left in ``ctx.paths`` / ``ctx.metrics`` and adds its own:
 
 ==================  ==============================================  ===========================
@@ -9,13 +10,13 @@ stage               does                                            leaves
 dataset             built-in photos -> ImageNet-layout JPEGs        paths["data"]
 train-tokenizer     small VQGAN on data/train                       paths["tokenizer"]
 reconstructions     held-out PSNR, codebook usage, grids            metrics["reconstructions"]
-tokenize            Ray tokenize job (hook)                         paths["tokens"]
-verify              exactly-once check of the shards (hook)
-train-mvtm          deepspeed, 2 CPU ranks (hook)                   paths["mvtm"]
-train-ar            same-size AR baseline, same tokens (hook)       paths["ar"]
-sample              per-class samples, step-by-step grid (hook)
-edit                inpaint / outpaint / replace (hook)
-evaluate            FID-proxy, CAS, decode time, schedules (hook)   claims
+tokenize            Ray tokenize job                                paths["tokens"]
+verify              exactly-once check of the shards
+train-mvtm          deepspeed, 2 CPU ranks                          paths["mvtm"]
+train-ar            same-size AR baseline, same tokens              paths["ar"]
+sample              per-class samples, step-by-step grid
+edit                inpaint / outpaint / replace
+evaluate            FID-proxy, CAS, decode time, schedules          claims
 ==================  ==============================================  ===========================
 
 A stage that raises ``StageUnavailable`` is reported as "not available in this build" and the
