@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 __all__ = ["FORMAT_VERSION", "MANIFEST", "TokenizerInfo", "ShardInfo", "Manifest", "ShardRows",
            "url_to_fs", "join", "write_manifest", "read_manifest", "write_parquet_shard",
            "write_webdataset_shard", "read_shard", "iter_parquet_batches", "check_compatible",
-           "ShardError", "shard_relpath"]
+           "ShardError", "shard_relpath", "put_bytes_atomic", "read_shard_bytes", "iter_ustar"]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
-def _put_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+def put_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see all of it or nothing."""
     parent = path.rsplit("/", 1)[0]
     if _is_local(fs):
@@ -223,7 +223,7 @@ def write_manifest(root: str, manifest: Manifest, **storage_options: Any) -> str
     """Write ``manifest.json`` (atomically). Call it last, after every shard is durable."""
     fs, path = url_to_fs(root, **storage_options)
     target = join(path, MANIFEST)
-    _put_bytes(fs, target, json.dumps(manifest.to_dict(), indent=1).encode())
+    put_bytes_atomic(fs, target, json.dumps(manifest.to_dict(), indent=1).encode())
     return target
 
 
@@ -298,7 +298,7 @@ def _parquet_schema(info: TokenizerInfo) -> pa.Schema:
 
 
 def _finish(fs, root: str, rel: str, fmt: str, unit: int, data: bytes, rows: ShardRows) -> ShardInfo:
-    _put_bytes(fs, join(root, rel), data)
+    put_bytes_atomic(fs, join(root, rel), data)
     return ShardInfo(path=rel, format=fmt, unit=unit, samples=len(rows), bytes=len(data), sha256=_sha256(data),
                      first_key=rows.keys[0] if len(rows) else "", last_key=rows.keys[-1] if len(rows) else "")
 
@@ -356,7 +356,7 @@ def write_webdataset_shard(root: str, unit: int, rows: ShardRows, info: Tokenize
 
 # ---------------------------------------------------------------- readers
 
-def _read_bytes(fs, path: str, shard: ShardInfo, *, verify: bool) -> bytes:
+def read_shard_bytes(fs, path: str, shard: ShardInfo, *, verify: bool) -> bytes:
     if not fs.exists(path):
         raise ShardError(f"{path}: shard listed in the manifest is missing; restore it or re-run "
                          "`maskgit-pipeline tokenize ... --resume` to rewrite missing units")
@@ -367,7 +367,7 @@ def _read_bytes(fs, path: str, shard: ShardInfo, *, verify: bool) -> bytes:
     return data
 
 
-def _iter_ustar(data: bytes) -> Iterator[tuple[str, bytes]]:
+def iter_ustar(data: bytes) -> Iterator[tuple[str, bytes]]:
     """(name, payload) of each regular member of an uncompressed ustar archive (fast path)."""
     off, n = 0, len(data)
     while off + 512 <= n:
@@ -391,7 +391,7 @@ def read_shard(root: str, shard: ShardInfo, info: TokenizerInfo, *, verify: bool
     """Read a whole shard (Parquet or WebDataset) into memory, checking its checksum."""
     fs, path = url_to_fs(root, **storage_options)
     full = join(path, shard.path)
-    data = _read_bytes(fs, full, shard, verify=verify)
+    data = read_shard_bytes(fs, full, shard, verify=verify)
     shape = (info.n_aug, info.latent_h, info.latent_w)
     try:
         if shard.format == "parquet":
@@ -401,7 +401,7 @@ def read_shard(root: str, shard: ShardInfo, info: TokenizerInfo, *, verify: bool
                              tokens.reshape((table.num_rows, *shape)))
         else:
             keys, labels, toks = [], [], []
-            for name, payload in _iter_ustar(gzip.decompress(data)):
+            for name, payload in iter_ustar(gzip.decompress(data)):
                 if name.endswith(".tokens.npy"):
                     toks.append(np.load(io.BytesIO(payload), allow_pickle=False))
                 elif name.endswith(".json"):

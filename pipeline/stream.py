@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .shards import (FORMATS, Manifest, ShardError, ShardInfo, _iter_ustar, _read_bytes, check_compatible, join,
-                     read_manifest, url_to_fs)
+from .shards import (FORMATS, Manifest, ShardError, ShardInfo, check_compatible, iter_ustar, join, read_manifest,
+                     read_shard_bytes, url_to_fs)
 
 __all__ = ["StreamConfig", "TokenStream", "epoch_blocks", "stream_positions", "aug_index", "rank_positions",
            "StreamPlan"]
@@ -293,11 +293,11 @@ class TokenStream(IterableDataset):
         """
         fs, root = url_to_fs(self.cfg.data, **self.storage_options)
         full = join(root, s.path)
-        data = _read_bytes(fs, full, s, verify=True)
+        data = read_shard_bytes(fs, full, s, verify=True)
         shape = (self.info.n_aug, self.info.latent_h, self.info.latent_w)
         try:
             payloads, labels = [], []
-            for name, payload in _iter_ustar(gzip.decompress(data)):
+            for name, payload in iter_ustar(gzip.decompress(data)):
                 if name.endswith(".tokens.npy"):
                     payloads.append(payload)
                 elif name.endswith(".cls"):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .preprocess import AUGMENTATIONS, DecodeError, preprocess_bytes, view_names
-from .shards import (FORMATS, Manifest, ShardInfo, ShardRows, TokenizerInfo, _put_bytes, join, url_to_fs,
+from .shards import (FORMATS, Manifest, ShardInfo, ShardRows, TokenizerInfo, join, put_bytes_atomic, url_to_fs,
                      write_manifest, write_parquet_shard, write_webdataset_shard)
 from .sources import LABEL_MAPS, LAYOUTS, ItemReader, Listing, SourceItem, list_source
 
@@ -334,7 +334,7 @@ def _check_job(fs, root: str, spec: dict[str, Any], *, resume: bool, out: str) -
     if resume:
         raise ValueError(f"--resume: {out} holds no tokenize run to resume ({JOB_DIR}/job.json missing); "
                          "drop --resume to start one")
-    _put_bytes(fs, path, json.dumps(spec, indent=1).encode())
+    put_bytes_atomic(fs, path, json.dumps(spec, indent=1).encode())
 
 
 def _done_units(fs, root: str, n_units: int) -> dict[int, dict]:
@@ -370,7 +370,7 @@ def _write_unit(root: str, fs, fsroot: str, row: dict[str, Any], info: Tokenizer
         writer = write_parquet_shard if fmt == "parquet" else write_webdataset_shard
         shards.append(writer(root, unit, rows, info).to_dict())
     rec = {"unit": unit, "samples": n, "shards": shards, "errors": json.loads(row["errors"])}
-    _put_bytes(fs, join(fsroot, _unit_record_path(unit)), json.dumps(rec).encode())  # written last
+    put_bytes_atomic(fs, join(fsroot, _unit_record_path(unit)), json.dumps(rec).encode())  # written last
     return rec
 
 
@@ -438,7 +438,7 @@ def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
 
     errors = sorted([tuple(e) for r in records.values() for e in r["errors"]] + list(listing.errors))
     err_data = "".join(json.dumps({"key": k, "reason": r}) + "\n" for k, r in errors).encode()
-    _put_bytes(fs, join(root, ERRORS_FILE), err_data)
+    put_bytes_atomic(fs, join(root, ERRORS_FILE), err_data)
     shards = [ShardInfo(**s) for u in sorted(records) for s in records[u]["shards"]]
     samples = sum(r["samples"] for r in records.values())
     manifest = Manifest(
