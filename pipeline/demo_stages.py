@@ -347,7 +347,7 @@ def _val_images(ctx: DemoContext) -> tuple[np.ndarray, np.ndarray]:
 
 def edit(ctx: DemoContext) -> None:
     """Inpaint, outpaint and class-conditional replace on held-out images; a before/after grid each."""
-    from .generate import edit_inpaint, edit_outpaint, edit_replace, make_grid, save_png
+    from .generate import edit_inpaint, edit_outpaint, edit_replace
 
     model, vq = _load(ctx, "mvtm", "train_mvtm")
     imgs, labels = _val_images(ctx)
@@ -382,12 +382,10 @@ def edit(ctx: DemoContext) -> None:
             changed["outpaint_kept_max_abs"].append(float(np.abs(o.image[:, 8:8 + s] - img).max()))
             rows_out.append(o)
     pad = lambda a: (np.clip(np.rint(a * 255), 0, 255)).astype(np.uint8)  # noqa: E731
-    g = save_png(np.repeat(np.repeat(make_grid(pad(np.stack(rows_in)), nrow=4), 3, 0), 3, 1),
-                 ctx.out / "figures" / "edit_inpaint.png")
+    g = save_grid(pad(np.stack(rows_in)), ctx.out / "figures" / "edit_inpaint.png", nrow=4)
     ctx.add_figure("edit", "Inpainting: original | centre masked | decoded tokens | composite (feathered), "
                    "one held-out image per row", g)
-    g = save_png(np.repeat(np.repeat(make_grid(pad(np.stack(rows_rep)), nrow=3), 3, 0), 3, 1),
-                 ctx.out / "figures" / "edit_replace.png")
+    g = save_grid(pad(np.stack(rows_rep)), ctx.out / "figures" / "edit_replace.png", nrow=3)
     ctx.add_figure("edit", f"Class-conditional replace (official: box + 1 token margin, decode steps 2..12, blurred "
                    f"composite): original | box | result conditioned on class (label + {nc // 2}) mod {nc}", g)
     h, w = rows_out[0].image.shape[:2]
@@ -396,8 +394,7 @@ def edit(ctx: DemoContext) -> None:
         before = np.ones((h, w, 3), np.float32)
         before[:, 8:8 + s] = imgs[picks[j]].transpose(1, 2, 0) / 255.0
         canvas += [before, o.image]
-    g = save_png(np.repeat(np.repeat(make_grid(pad(np.stack(canvas)), nrow=2), 3, 0), 3, 1),
-                 ctx.out / "figures" / "edit_outpaint.png")
+    g = save_grid(pad(np.stack(canvas)), ctx.out / "figures" / "edit_outpaint.png", nrow=2)
     ctx.add_figure("edit", "Outpainting 8 px left and right (windows of the model's 8x8 grid): before | after", g)
     m.update({"inpaint_token_fraction": float(np.mean(changed["inpaint"])),
               "replace_token_fraction": float(np.mean(changed["replace"])),

@@ -51,17 +51,9 @@ class InspectReport:
 
 def save_grid_png(images: np.ndarray, path: str | os.PathLike, *, cols: int = 8) -> None:
     """(N, 3, H, W) float in [0, 1] (clipped here) -> one PNG grid."""
-    from PIL import Image
+    from .generate import make_grid, save_png, to_uint8
 
-    n, _, h, w = images.shape
-    cols = max(1, min(cols, n))
-    rows = (n + cols - 1) // cols
-    grid = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        px = (np.clip(img.transpose(1, 2, 0), 0, 1) * 255 + 0.5).astype(np.uint8)
-        grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = px
-    Image.fromarray(grid).save(path)
+    save_png(make_grid(to_uint8(images), nrow=max(1, min(cols, len(images)))), path)
 
 
 def _usage_png(counts: np.ndarray, path: Path) -> None:
