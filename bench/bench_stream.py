@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.stream import StreamConfig, TokenStream  # noqa: E402
-from pipeline.synthetic_tokens import write_synthetic_token_dataset  # noqa: E402
+from pipeline.data.stream import StreamConfig, TokenStream  # noqa: E402
+from pipeline.data.synthetic import write_synthetic_token_dataset  # noqa: E402
 
 
 def bench(root: str, fmt: str, *, batch: int, samples: int, world_size: int = 1) -> float:

@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tokenizer  # noqa: E402
-from pipeline.preprocess import preprocess_bytes  # noqa: E402
-from pipeline.shards import ShardRows, TokenizerInfo, write_parquet_shard, write_webdataset_shard  # noqa: E402
+from tokenizer.preprocess import preprocess_bytes  # noqa: E402
+from pipeline.data.shards import ShardRows, TokenizerInfo, write_parquet_shard, write_webdataset_shard  # noqa: E402
 from tokenizer.faiss_search import FaissSearch  # noqa: E402
 from tokenizer.search import TorchSearch  # noqa: E402
 
@@ -129,7 +129,7 @@ def bench_stages(name: str, tok_dir: Path, paths: list[Path], batch: int, search
 
 def bench_e2e(name: str, tok_dir: Path, src: Path, n: int, batch: int, search: str, enc_ips: float,
               tmp: Path) -> dict:
-    from pipeline.tokenize_job import TokenizeConfig, run_tokenize
+    from pipeline.data.tokenize_job import TokenizeConfig, run_tokenize
     from tokenizer.faiss_search import make_search
 
     out = tmp / f"out-{name}-{search}"
@@ -164,7 +164,7 @@ def bench_e2e(name: str, tok_dir: Path, src: Path, n: int, batch: int, search: s
 
 
 def bench_bytes(real_outs: list[str]) -> list[dict]:
-    from pipeline.shards import read_manifest
+    from pipeline.data.shards import read_manifest
 
     out = []
     rng = np.random.default_rng(0)

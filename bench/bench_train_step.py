@@ -24,7 +24,7 @@ for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "
 import torch  # noqa: E402
 
 import transformer  # noqa: E402
-from pipeline.train_loop import _ConfiguredEngine  # noqa: E402
+from pipeline.train.loop import _ConfiguredEngine  # noqa: E402
 from transformer.objectives import ObjectiveConfig, compute_objective  # noqa: E402
 
 

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from pipeline.demo_data import DemoDataConfig, make_demo_dataset
+from pipeline.demo.data import DemoDataConfig, make_demo_dataset
 from tokenizer.train import TrainConfig, load_image_folder, train_tokenizer
 
 

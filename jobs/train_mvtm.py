@@ -39,22 +39,22 @@ def main(argv: list[str] | None = None) -> int:
     import deepspeed
     import torch
 
-    from pipeline.train_loop import load_train_config, parse_overrides, train
+    from maskgit_core.errors import MaskGITError
+    from pipeline.train.config import load_train_config, parse_overrides
+    from pipeline.train.loop import train
 
     over = parse_overrides(args.overrides)
     over.update({k: getattr(args, k) for k in ("data", "out", "objective") if getattr(args, k)})
     try:
         cfg = load_train_config(args.config, over)
         ds_config = json.loads(Path(args.deepspeed_config).read_text())
-    except (ValueError, TypeError, OSError) as e:
+    except (MaskGITError, OSError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     try:
         summary = train(cfg, ds_config, resume=args.resume)
-    except ValueError as e:  # ShardError and config errors from this project: one clear line
-        if not _raised_by_project(e):
-            raise  # a ValueError from deep inside DeepSpeed/torch needs its traceback
+    except MaskGITError as e:  # shard, checkpoint and config errors: one clear line; others keep a traceback
         print(f"error: [rank {rank}] {e}", file=sys.stderr)
         return 2
     if rank == 0:
@@ -62,16 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     return 0
-
-
-def _raised_by_project(e: BaseException) -> bool:
-    """True when the innermost frame that raised ``e`` belongs to this project's packages: those
-    errors say what to fix; a ValueError from inside DeepSpeed or torch is shown with its traceback."""
-    import traceback
-
-    frames = [f for f, _ in traceback.walk_tb(e.__traceback__)]
-    name = frames[-1].f_globals.get("__name__", "") if frames else ""
-    return name.split(".")[0] in ("pipeline", "transformer", "tokenizer")
 
 
 if __name__ == "__main__":

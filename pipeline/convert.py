@@ -7,10 +7,11 @@ from pathlib import Path
 
 import tokenizer as tok
 import transformer as tfm
-from tokenizer.checkpoint_io import file_sha256
-from tokenizer.flax_msgpack import write_flax_msgpack
+from maskgit_core.checkpoint_io import file_sha256
+from maskgit_core.flax_msgpack import write_flax_msgpack
 from tokenizer.official import load_official_tokenizer, state_dict_to_official as tokenizer_tree
 from transformer.official import load_official_transformer, state_dict_to_official as transformer_tree
+from maskgit_core.errors import ConfigError
 
 __all__ = ["convert_official", "export_official"]
 
@@ -26,7 +27,7 @@ def convert_official(*, out: str | os.PathLike, tokenizer_path: str | os.PathLik
     latent grid (16 -> 256 px, 32 -> 512 px) when both are given, else ``image_size`` (default 256).
     """
     if tokenizer_path is None and transformer_path is None:
-        raise ValueError("give --tokenizer and/or --transformer")
+        raise ConfigError("give --tokenizer and/or --transformer")
     out = Path(out)
     written: dict[str, Path] = {}
     vq = None
@@ -38,8 +39,8 @@ def convert_official(*, out: str | os.PathLike, tokenizer_path: str | os.PathLik
         if vq is not None:
             size = model.config.latent_size * vq.config.downsample_factor
             if image_size is not None and image_size != size:
-                raise ValueError(f"--image-size {image_size} contradicts the transformer's "
-                                 f"{model.config.latent_size}x{model.config.latent_size} grid ({size} px)")
+                raise ConfigError(f"--image-size {image_size} contradicts the transformer's "
+                                  f"{model.config.latent_size}x{model.config.latent_size} grid ({size} px)")
             if vq.config.image_size != size:
                 vq = load_official_tokenizer(tokenizer_path, image_size=size, num_groups=num_groups)
             tfm.check_pair(model.config, vq.config.codebook_size, vq.config.latent_size, source=str(transformer_path))

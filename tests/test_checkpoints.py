@@ -10,7 +10,7 @@ import torch
 import tokenizer as tok
 import transformer as tfm
 from pipeline.convert import convert_official, export_official
-from tokenizer.flax_msgpack import CheckpointError, write_flax_msgpack
+from maskgit_core.flax_msgpack import CheckpointError, write_flax_msgpack
 from tokenizer.official import load_official_tokenizer, state_dict_to_official as vq_tree
 from transformer.official import load_official_transformer, state_dict_to_official as tf_tree
 

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
-from pipeline.demo_data import BAD_FILES, PHOTOS, DemoDataConfig, load_photo, make_demo_dataset
-from pipeline.preprocess import DecodeError, decode_rgb
+from pipeline.demo.data import BAD_FILES, PHOTOS, DemoDataConfig, load_photo, make_demo_dataset
+from tokenizer.preprocess import DecodeError, decode_rgb
 
 
 SMALL = dict(num_classes=10, train_per_class=3, val_per_class=2)
@@ -115,7 +115,7 @@ def test_cli_make_demo_data(tmp_path):
 
 
 def test_demo_runs_its_stages_and_reports_the_missing_ones(tmp_path):
-    from pipeline.demo import DemoSettings, Stage, StageUnavailable, run_demo
+    from pipeline.demo.run import DemoSettings, Stage, StageUnavailable, run_demo
     from tokenizer.train import TrainConfig
 
     def broken(ctx):
@@ -124,7 +124,7 @@ def test_demo_runs_its_stages_and_reports_the_missing_ones(tmp_path):
     def absent(ctx):
         raise StageUnavailable("module `x` is not in this build")
 
-    from pipeline import demo
+    from pipeline.demo import run as demo
 
     stages = demo.STAGES[:3] + (Stage("absent", "An absent stage", absent), Stage("broken", "A broken stage", broken),
                                 demo.STAGES[5])
@@ -154,7 +154,7 @@ def test_demo_runs_its_stages_and_reports_the_missing_ones(tmp_path):
 def test_demo_settings_fit_the_demo_transformer(quick):
     import tokenizer
     import transformer
-    from pipeline.demo import demo_settings
+    from pipeline.demo.run import demo_settings
 
     s = demo_settings(quick)
     tok = tokenizer.preset(s.tokenizer_preset)

@@ -225,7 +225,7 @@ def test_sample_set_same_images_locally_and_on_ray(ckpts, tmp_path):
     """The sample set does not depend on shard size or on running as Ray tasks; reruns resume."""
     import ray
 
-    from pipeline.sample_job import load_sample_set, sample_set
+    from pipeline.generate.sample_set import load_sample_set, sample_set
 
     labels = [1, 1, 2, 2, 3]
     ck, tk = str(ckpts / "mvtm"), str(ckpts / "tok")

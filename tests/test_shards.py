@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import shards as sh
+from pipeline.data import shards as sh
 
 
 def _info(k: int = 1024, n_aug: int = 2) -> sh.TokenizerInfo:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.preprocess import DecodeError, center_crop_arr, decode_rgb, make_views, preprocess_bytes, view_names
-from pipeline.sources import ItemReader, list_source
+from tokenizer.preprocess import DecodeError, center_crop_arr, decode_rgb, make_views, preprocess_bytes, view_names
+from pipeline.data.sources import ItemReader, list_source
 from tokenize_data import BAD_KINDS, CONVERTIBLE, WNIDS, add_bad_file, jpeg_bytes, make_imagenet_tree, photo
 
 

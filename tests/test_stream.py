@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from pipeline.train.launcher import free_port
 import torch
 
-from pipeline import shards as sh
-from pipeline.stream import (StreamConfig, StreamPlan, TokenStream, aug_index, epoch_blocks, stream_positions)
-from pipeline.synthetic_tokens import write_synthetic_token_dataset
+from pipeline.data import shards as sh
+from pipeline.data.stream import (StreamConfig, StreamPlan, TokenStream, aug_index, epoch_blocks, stream_positions)
+from pipeline.data.synthetic import write_synthetic_token_dataset
 
 SIZES = [100, 37, 250, 5, 64]
 TOTAL = sum(SIZES)
@@ -195,18 +197,12 @@ def test_corrupt_bytes_of_the_right_size_are_caught_when_read(data, tmp_path):
     assert s.skipped_samples == 250 and len(b["sample_id"]) == TOTAL - 250
 
 
-def _free_port() -> int:
-    with socket.socket() as so:
-        so.bind(("127.0.0.1", 0))
-        return so.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_server():
     exe = Path(sys.executable).parent / "moto_server"
     if not exe.exists():
         pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from pipeline.train.launcher import free_port
 import torch
 
 import tokenizer
-from pipeline.preprocess import preprocess_bytes
-from pipeline.shards import read_manifest, read_shard
-from pipeline.sources import ItemReader, list_source
-from pipeline.tokenize_job import (JOB_DIR, TokenizeConfig, plan_resources, plan_units, run_tokenize)
-from pipeline.verify import read_error_report, verify_dataset
+from tokenizer.preprocess import preprocess_bytes
+from pipeline.data.shards import read_manifest, read_shard
+from pipeline.data.sources import ItemReader, list_source
+from pipeline.data.tokenize_job import (JOB_DIR, TokenizeConfig, plan_resources, plan_units, run_tokenize)
+from pipeline.data.verify import read_error_report, verify_dataset
 from tokenize_data import BAD_KINDS, CONVERTIBLE, add_bad_file, make_imagenet_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,16 +34,10 @@ CLASSES = ("n01440764", "n01443537", "n01484850", "n01491361")
 UNIT, BATCH = 3, 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     """A real S3 API on loopback (moto_server), with dummy credentials in the environment."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
@@ -293,7 +289,7 @@ def test_verify_catches_a_corrupt_shard_and_cli_exit_codes(data, ref, tmp_path):
 def test_inspect_report(data, ref, tmp_path):
     from PIL import Image
 
-    from pipeline.inspect_tokens import inspect_dataset
+    from pipeline.data.inspect import inspect_dataset
 
     rep = inspect_dataset(ref["out"], report_dir=tmp_path, tokenizer_dir=data["tok"], num_samples=10)
     m = read_manifest(ref["out"])

@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from pipeline.train.launcher import free_port
 import torch
 import yaml
 
 import tokenizer
-from pipeline.verify import verify_dataset
+from pipeline.data.verify import verify_dataset
 from tokenize_data import make_imagenet_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,12 +43,6 @@ def test_ray_cluster_yaml_matches_rays_schema():
         jsonschema.validate(bad, schema)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
                     reason="needs root + unshare to give `ray stop` a private process namespace")
 def test_ray_start_job_submit_stop(tmp_path):
@@ -57,7 +52,7 @@ def test_ray_start_job_submit_stop(tmp_path):
     make_imagenet_tree(src, per_class=4)
     torch.manual_seed(0)
     tokenizer.save(tokenizer.build("debug"), tok)
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: AF_UNIX socket paths are <= 107 bytes
     ray = BIN / "ray"
     script = f"""

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 import transformer
-from pipeline.stream import StreamConfig, TokenStream
-from pipeline.synthetic_tokens import write_synthetic_token_dataset
-from pipeline.train_loop import COMPLETE, export_run, find_resume, lr_factor
+from pipeline.data.stream import StreamConfig, TokenStream
+from pipeline.data.synthetic import write_synthetic_token_dataset
+from pipeline.train import COMPLETE, export_run, find_resume, lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -258,7 +258,7 @@ def test_shipped_deepspeed_configs_parse_with_the_recipe(name, stage, bf16):
 
 
 def test_shipped_train_config_loads():
-    from pipeline.train_loop import load_train_config
+    from pipeline.train.config import load_train_config
 
     cfg = load_train_config(str(REPO / "jobs" / "train_debug.json"), {"data": "x", "out": "y", "objective": "ar"})
     assert cfg.model_config().causal and cfg.steps == 40

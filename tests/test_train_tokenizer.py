@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import tokenizer
 from pipeline.cli import cli
-from pipeline.demo_data import DemoDataConfig, make_demo_dataset
+from pipeline.demo.data import DemoDataConfig, make_demo_dataset
 from tokenizer.train import (TrainConfig, codebook_stats, load_image_folder, psnr, restart_dead_codes,
                              train_tokenizer)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .checkpoint_io import load_model_dir, save_checkpoint_dir
+from maskgit_core.checkpoint_io import load_model_dir, save_checkpoint_dir
 from .config import PRESETS, VQGANConfig, preset
-from .flax_msgpack import CheckpointError
+from maskgit_core.flax_msgpack import CheckpointError
 from .model import VQGAN
 from .search import CodebookSearch, TorchSearch
 

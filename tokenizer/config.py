@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+from maskgit_core.errors import ConfigError
 
 __all__ = ["VQGANConfig", "PRESETS", "preset", "config_from_dict"]
 
@@ -42,24 +43,24 @@ class VQGANConfig:
 
     def __post_init__(self) -> None:
         if self.image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {self.image_size}")
+            raise ConfigError(f"image_size must be positive, got {self.image_size}")
         if not self.channel_multipliers or any(m <= 0 for m in self.channel_multipliers):
-            raise ValueError(f"channel_multipliers must be positive integers, got {self.channel_multipliers}")
+            raise ConfigError(f"channel_multipliers must be positive integers, got {self.channel_multipliers}")
         object.__setattr__(self, "channel_multipliers", tuple(int(m) for m in self.channel_multipliers))
         if self.image_size % self.downsample_factor:
-            raise ValueError(
+            raise ConfigError(
                 f"image_size {self.image_size} is not divisible by the downsampling factor "
                 f"{self.downsample_factor} (2 ** (len(channel_multipliers) - 1))"
             )
         for m in self.channel_multipliers:
             if (self.filters * m) % self.num_groups:
-                raise ValueError(
+                raise ConfigError(
                     f"filters * multiplier = {self.filters * m} is not divisible by num_groups={self.num_groups}"
                 )
         if self.codebook_size < 2:
-            raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
+            raise ConfigError(f"codebook_size must be at least 2, got {self.codebook_size}")
         if self.embedding_dim <= 0 or self.num_res_blocks <= 0:
-            raise ValueError("embedding_dim and num_res_blocks must be positive")
+            raise ConfigError("embedding_dim and num_res_blocks must be positive")
 
     @property
     def downsample_factor(self) -> int:
@@ -88,7 +89,7 @@ class VQGANConfig:
 def config_from_dict(d: dict[str, Any], *, source: str = "config") -> VQGANConfig:
     """Build a config from a dict (e.g. config.json); unknown keys are an error, missing keys take
     the defaults (which keep the old behaviour) and are logged."""
-    from tokenizer.checkpoint_io import dataclass_from_dict
+    from maskgit_core.checkpoint_io import dataclass_from_dict
 
     return dataclass_from_dict(VQGANConfig, d, source=source)
 
@@ -116,4 +117,4 @@ def preset(name: str) -> VQGANConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown tokenizer preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise ConfigError(f"unknown tokenizer preset {name!r}; choose one of {sorted(PRESETS)}") from None

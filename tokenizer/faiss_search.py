@@ -21,6 +21,7 @@ import logging
 import torch
 
 from .search import CodebookSearch, TorchSearch, expanded_sq_distances
+from maskgit_core.errors import ConfigError
 
 __all__ = ["FaissSearch", "faiss_available", "faiss_gpu_available", "make_search", "SEARCH_BACKENDS"]
 
@@ -54,8 +55,8 @@ class FaissSearch:
 
     def __init__(self, *, use_gpu: bool | None = None, num_threads: int | None = None):
         if not faiss_available():
-            raise ValueError("search backend 'faiss' needs the faiss package: pip install faiss-cpu "
-                             "(or faiss-gpu on CUDA machines), or use --search torch")
+            raise ConfigError("search backend 'faiss' needs the faiss package: pip install faiss-cpu "
+                              "(or faiss-gpu on CUDA machines), or use --search torch")
         import faiss
 
         self._faiss = faiss
@@ -125,7 +126,7 @@ def make_search(kind: str = "auto", *, device: str | torch.device = "cpu", codeb
     measured ~2x faster than torch on CPU at K = 1024 to 65,536, see docs/BENCHMARKS.md; on a CUDA
     device only with faiss GPU, else torch on the device)."""
     if kind not in SEARCH_BACKENDS:
-        raise ValueError(f"unknown search backend {kind!r}; choose one of {list(SEARCH_BACKENDS)}")
+        raise ConfigError(f"unknown search backend {kind!r}; choose one of {list(SEARCH_BACKENDS)}")
     if kind == "torch":
         return TorchSearch()
     if kind == "faiss":

@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import VQGANConfig
 from .search import CodebookSearch, TorchSearch
+from maskgit_core.errors import ConfigError
 
 __all__ = ["ResBlock", "Encoder", "Decoder", "VectorQuantizer", "VQGAN", "VQOutput"]
 
@@ -174,10 +175,10 @@ class VQGAN(nn.Module):
 
     def _check_images(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
+            raise ConfigError(f"images must be (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
         f = self.config.downsample_factor
         if images.shape[2] % f or images.shape[3] % f:
-            raise ValueError(f"image height and width must be multiples of {f}, got {tuple(images.shape[2:])}")
+            raise ConfigError(f"image height and width must be multiples of {f}, got {tuple(images.shape[2:])}")
 
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, D, h, w)
         self._check_images(images)
@@ -197,7 +198,7 @@ class VQGAN(nn.Module):
     def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:  # (B, h, w) -> (B, 3, H, W), unclipped
         k = self.config.codebook_size
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
-            raise ValueError(f"token ids must lie in [0, {k}), got [{int(ids.min())}, {int(ids.max())}]")
+            raise ConfigError(f"token ids must lie in [0, {k}), got [{int(ids.min())}, {int(ids.max())}]")
         return self.decoder(self.quantizer.embed(ids.long()))
 
     def forward(self, images: torch.Tensor) -> VQOutput:

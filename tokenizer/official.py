@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from .config import VQGANConfig
-from .flax_msgpack import (CheckpointError, build_official_tree, flatten_tree, map_official_params,
+from maskgit_core.flax_msgpack import (CheckpointError, build_official_tree, flatten_tree, map_official_params,
                            read_flax_msgpack)
 from .model import VQGAN
+from maskgit_core.errors import ConfigError
 
 __all__ = ["infer_config", "official_to_state_dict", "state_dict_to_official", "load_official_tokenizer"]
 
@@ -129,7 +130,7 @@ def official_to_state_dict(flat: dict[str, np.ndarray], cfg: VQGANConfig, *, sou
                            ) -> dict[str, torch.Tensor]:
     """Map a flattened official tree to a state dict for ``VQGAN(cfg)``, checking every name and shape."""
     if not cfg.official_shortcut:
-        raise ValueError("official checkpoints need official_shortcut=True")
+        raise ConfigError("official checkpoints need official_shortcut=True")
     shapes = {k: tuple(v.shape) for k, v in VQGAN(cfg).state_dict().items()}
     return map_official_params(flat, _mapping(cfg), shapes, source=source)
 
@@ -137,7 +138,7 @@ def official_to_state_dict(flat: dict[str, np.ndarray], cfg: VQGANConfig, *, sou
 def state_dict_to_official(model: VQGAN) -> dict[str, Any]:
     """The official nested tree ``{'params': {...}}`` of a project VQGAN (official_shortcut=True)."""
     if not model.config.official_shortcut:
-        raise ValueError("only models with official_shortcut=True have an official-layout tree")
+        raise ConfigError("only models with official_shortcut=True have an official-layout tree")
     return build_official_tree(_mapping(model.config), model.state_dict())
 
 

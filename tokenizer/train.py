@@ -25,10 +25,11 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pipeline.preprocess import DecodeError, center_crop_arr, decode_rgb
+from tokenizer.preprocess import DecodeError, center_crop_arr, decode_rgb
 
 from .config import VQGANConfig, preset as tokenizer_preset
 from .model import VQGAN
+from maskgit_core.errors import ConfigError
 
 __all__ = ["TrainConfig", "TrainResult", "ImageSet", "load_image_folder", "read_images", "restart_dead_codes",
            "psnr", "codebook_stats", "evaluate", "train_tokenizer", "TRAIN_PRESETS", "train_preset",
@@ -79,19 +80,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "max_images"):
             if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "restart_every", "val_images"):
             if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}")
+            raise ConfigError(f"TrainConfig.lr must be positive, got {self.lr}")
         if min(self.l1_weight, self.l2_weight, self.codebook_weight) < 0 or self.l1_weight + self.l2_weight == 0:
-            raise ValueError("loss weights must be >= 0 and l1_weight + l2_weight > 0, got "
-                             f"l1={self.l1_weight}, l2={self.l2_weight}, codebook={self.codebook_weight}")
+            raise ConfigError("loss weights must be >= 0 and l1_weight + l2_weight > 0, got "
+                              f"l1={self.l1_weight}, l2={self.l2_weight}, codebook={self.codebook_weight}")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"TrainConfig.threads must be >= 1 or None, got {self.threads}")
+            raise ConfigError(f"TrainConfig.threads must be >= 1 or None, got {self.threads}")
         if self.max_seconds is not None and self.max_seconds <= 0:
-            raise ValueError(f"TrainConfig.max_seconds must be positive or None, got {self.max_seconds}")
+            raise ConfigError(f"TrainConfig.max_seconds must be positive or None, got {self.max_seconds}")
 
 
 # Training recipes per tokenizer preset (the architecture preset of the same name).
@@ -108,7 +109,7 @@ def train_preset(name: str) -> TrainConfig:
     try:
         return TRAIN_PRESETS[name]
     except KeyError:
-        raise ValueError(f"no training recipe for preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}") from None
+        raise ConfigError(f"no training recipe for preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}") from None
 
 
 # ----------------------------------------------------------------------------- data
@@ -145,7 +146,7 @@ def read_images(paths: list[Path], size: int, skipped: list[str]) -> torch.Tenso
 def load_image_folder(root: str | os.PathLike, *, image_size: int, max_images: int = 20000,
                       val_images: int = 256, seed: int = 0) -> ImageSet:
     """Read a folder of images into memory, center-cropped and resized to ``image_size`` with
-    the tokenize job's preprocessing (``pipeline.preprocess``), so tokens match training.
+    the tokenize job's preprocessing (``tokenizer.preprocess``), so tokens match training.
 
     With the ImageNet layout (``root/train/<class>/*`` and optionally ``root/val/...``) the
     held-out images come from ``val/``; otherwise every image under ``root`` is used and a
@@ -153,8 +154,8 @@ def load_image_folder(root: str | os.PathLike, *, image_size: int, max_images: i
     """
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"{root}: not a directory; pass a folder of images (e.g. the demo's data/ "
-                         "made by `maskgit-pipeline make-demo-data`)")
+        raise ConfigError(f"{root}: not a directory; pass a folder of images (e.g. the demo's data/ "
+                          "made by `maskgit-pipeline make-demo-data`)")
     rng = np.random.default_rng(seed)
     if (root / "train").is_dir():
         train_paths = _list_images(root / "train")
@@ -169,8 +170,8 @@ def load_image_folder(root: str | os.PathLike, *, image_size: int, max_images: i
         val_paths = [paths[i] for i in sorted(perm[:val_images])]
         train_paths = [paths[i] for i in sorted(perm[val_images:])]
     if not train_paths:
-        raise ValueError(f"{root}: no images found (extensions {IMAGE_EXTENSIONS}); expected "
-                         "root/train/<class>/*.JPEG or a folder of image files")
+        raise ConfigError(f"{root}: no images found (extensions {IMAGE_EXTENSIONS}); expected "
+                          "root/train/<class>/*.JPEG or a folder of image files")
     if len(train_paths) > max_images:
         keep = sorted(rng.choice(len(train_paths), size=max_images, replace=False))
         train_paths = [train_paths[i] for i in keep]
@@ -181,7 +182,7 @@ def load_image_folder(root: str | os.PathLike, *, image_size: int, max_images: i
     train = read_images(train_paths, image_size, skipped)
     val = read_images(val_paths, image_size, skipped)
     if len(train) == 0:
-        raise ValueError(f"{root}: none of the {len(train_paths)} training images could be decoded")
+        raise ConfigError(f"{root}: none of the {len(train_paths)} training images could be decoded")
     return ImageSet(train=train, val=val, skipped=skipped)
 
 
@@ -305,8 +306,8 @@ def _train(data: str | os.PathLike | ImageSet, mcfg: VQGANConfig, cfg: TrainConf
     images = data if isinstance(data, ImageSet) else load_image_folder(
         data, image_size=mcfg.image_size, max_images=cfg.max_images, val_images=cfg.val_images, seed=cfg.seed)
     if images.train.shape[-1] != mcfg.image_size:
-        raise ValueError(f"images are {images.train.shape[-1]} px but the tokenizer expects "
-                         f"{mcfg.image_size} px; reload them with image_size={mcfg.image_size}")
+        raise ConfigError(f"images are {images.train.shape[-1]} px but the tokenizer expects "
+                          f"{mcfg.image_size} px; reload them with image_size={mcfg.image_size}")
     load_s = time.perf_counter() - t_load
     val = images.val if len(images.val) else images.train[: cfg.val_images]
     log.info("tokenizer training: %d train / %d held-out images (%d skipped), loaded in %.1f s",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tokenizer.checkpoint_io import load_model_dir, save_checkpoint_dir
-from tokenizer.flax_msgpack import CheckpointError
+from maskgit_core.checkpoint_io import load_model_dir, save_checkpoint_dir
+from maskgit_core.flax_msgpack import CheckpointError
 
 from .config import PRESETS, TransformerConfig, preset
 from .model import MaskGITTransformer

@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 
 from .sampling import SeededNoise, TorchGumbelNoise, top_k_filter
+from maskgit_core.errors import ConfigError
 
 __all__ = ["ar_decode", "ar_sample_tokens", "ARNoise", "StaticKVCache"]
 
@@ -33,7 +34,7 @@ class StaticKVCache:
             self.k = k.new_empty(b, h, self.max_len, d)
             self.v = v.new_empty(b, h, self.max_len, d)
         if self.pos + n > self.max_len:
-            raise ValueError(f"KV cache of {self.max_len} positions cannot take {self.pos + n}")
+            raise ConfigError(f"KV cache of {self.max_len} positions cannot take {self.pos + n}")
         self.k[:, :, self.pos:self.pos + n] = k
         self.v[:, :, self.pos:self.pos + n] = v
         self.pos += n
@@ -54,13 +55,13 @@ def ar_decode(model: torch.nn.Module, prefix: torch.Tensor, *, num_tokens: int, 
     """
     cfg = model.config
     if not cfg.causal:
-        raise ValueError("ar_decode needs a causal model (TransformerConfig(causal=True)); "
-                         "for MaskGIT models use transformer.sampling.sample_tokens")
+        raise ConfigError("ar_decode needs a causal model (TransformerConfig(causal=True)); "
+                          "for MaskGIT models use transformer.sampling.sample_tokens")
     if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+        raise ConfigError(f"temperature must be positive, got {temperature}")
     b, p = prefix.shape
     if p + num_tokens > cfg.seq_len:
-        raise ValueError(f"prefix {p} + {num_tokens} tokens exceeds the model's sequence of {cfg.seq_len}")
+        raise ConfigError(f"prefix {p} + {num_tokens} tokens exceeds the model's sequence of {cfg.seq_len}")
     noise = noise or TorchGumbelNoise(device=prefix.device)
     k = cfg.codebook_size
     seq = prefix.long()
@@ -89,7 +90,7 @@ def ar_sample_tokens(model: torch.nn.Module, labels: torch.Tensor | list[int], *
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= cfg.num_classes):
-        raise ValueError(f"class labels must lie in [0, {cfg.num_classes}), got {labels.tolist()}")
+        raise ConfigError(f"class labels must lie in [0, {cfg.num_classes}), got {labels.tolist()}")
     b = labels.numel()
     if noise is None:
         noise = SeededNoise([seed + i for i in range(b)], device=device) if seed is not None \

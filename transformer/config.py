@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+from maskgit_core.errors import ConfigError
 
 __all__ = ["TransformerConfig", "PRESETS", "preset", "config_from_dict"]
 
@@ -46,11 +47,11 @@ class TransformerConfig:
         for name in ("codebook_size", "num_classes", "latent_size", "hidden_size", "num_layers",
                      "num_heads", "intermediate_size"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.attention_dropout < 1.0):
-            raise ValueError("dropout rates must lie in [0, 1)")
+            raise ConfigError("dropout rates must lie in [0, 1)")
 
     @property
     def vocab_size(self) -> int:
@@ -77,7 +78,7 @@ class TransformerConfig:
 
     def class_token(self, label: int) -> int:
         if not 0 <= label < self.num_classes:
-            raise ValueError(f"class label {label} outside [0, {self.num_classes})")
+            raise ConfigError(f"class label {label} outside [0, {self.num_classes})")
         return self.codebook_size + label
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +91,7 @@ class TransformerConfig:
 def config_from_dict(d: dict[str, Any], *, source: str = "config") -> TransformerConfig:
     """Build a config from a dict (e.g. config.json); unknown keys are an error, missing keys take
     the defaults (which keep the old behaviour) and are logged."""
-    from tokenizer.checkpoint_io import dataclass_from_dict
+    from maskgit_core.checkpoint_io import dataclass_from_dict
 
     return dataclass_from_dict(TransformerConfig, d, source=source)
 
@@ -112,4 +113,4 @@ def preset(name: str) -> TransformerConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown transformer preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise ConfigError(f"unknown transformer preset {name!r}; choose one of {sorted(PRESETS)}") from None

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .sampling import SeededNoise, TorchGumbelNoise, parallel_decode
+from maskgit_core.errors import ConfigError
 
 __all__ = ["parse_bbox", "bbox_to_latent_box", "box_token_mask", "pixel_mask_to_token_mask",
            "official_composite_mask", "feathered_mask", "composite", "parse_extend", "extend_canvas",
@@ -33,10 +34,10 @@ def parse_bbox(text: str) -> tuple[int, int, int, int]:
     """"top_left_height_width" (pixels, the official format) -> (top, left, height, width)."""
     parts = text.replace(",", "_").split("_")
     if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"bbox {text!r} is not top_left_height_width in non-negative pixels, e.g. 64_32_128_144")
+        raise ConfigError(f"bbox {text!r} is not top_left_height_width in non-negative pixels, e.g. 64_32_128_144")
     top, left, height, width = (int(p) for p in parts)
     if height <= 0 or width <= 0:
-        raise ValueError(f"bbox {text!r} has an empty height or width")
+        raise ConfigError(f"bbox {text!r} has an empty height or width")
     return top, left, height, width
 
 
@@ -49,8 +50,8 @@ def bbox_to_latent_box(top: int, left: int, height: int, width: int, *, latent_s
     l = max(0, left // patch - 1)  # noqa: E741 - the official names
     r = min(lw, left // patch + width // patch + 1)
     if t >= b or l >= r:
-        raise ValueError(f"bbox top={top} left={left} height={height} width={width} lies outside the "
-                         f"{lh}x{lw} token grid (patch {patch} px)")
+        raise ConfigError(f"bbox top={top} left={left} height={height} width={width} lies outside the "
+                          f"{lh}x{lw} token grid (patch {patch} px)")
     return t, b, l, r
 
 
@@ -79,9 +80,9 @@ def pixel_mask_to_token_mask(mask: np.ndarray, *, patch: int, dilation: int = 0)
     mask = np.asarray(mask).astype(bool)
     h, w = mask.shape
     if h % patch or w % patch:
-        raise ValueError(f"mask of {h}x{w} px is not a multiple of the {patch}-px patch; resize it with the image")
+        raise ConfigError(f"mask of {h}x{w} px is not a multiple of the {patch}-px patch; resize it with the image")
     if dilation < 0:
-        raise ValueError(f"dilation must be >= 0 tokens, got {dilation}")
+        raise ConfigError(f"dilation must be >= 0 tokens, got {dilation}")
     tok = mask.reshape(h // patch, patch, w // patch, patch).any(axis=(1, 3))  # (h, w)
     return _dilate(tok, dilation)
 
@@ -110,7 +111,7 @@ def feathered_mask(pixel_mask: np.ndarray, token_mask: np.ndarray, *, patch: int
     pm = np.asarray(pixel_mask).astype(bool)
     region = np.kron(np.asarray(token_mask, dtype=np.uint8), np.ones((patch, patch), np.uint8)).astype(bool)
     if region.shape != pm.shape:
-        raise ValueError(f"token mask covers {region.shape} px but the pixel mask is {pm.shape}")
+        raise ConfigError(f"token mask covers {region.shape} px but the pixel mask is {pm.shape}")
     if feather <= 0:
         return (pm & region).astype(np.float32)
     dist = distance_transform_edt(~pm) if pm.any() else np.full(pm.shape, np.inf)  # px to the mask
@@ -132,11 +133,11 @@ def parse_extend(text: str) -> dict[str, int]:
     for item in filter(None, (t.strip() for t in text.split(","))):
         side, _, val = item.partition("=")
         if side not in SIDES or not val.strip().isdigit():
-            raise ValueError(f"--extend item {item!r} must be SIDE=PIXELS with SIDE one of {list(SIDES)}, "
-                             f"e.g. left=128,right=128")
+            raise ConfigError(f"--extend item {item!r} must be SIDE=PIXELS with SIDE one of {list(SIDES)}, "
+                              f"e.g. left=128,right=128")
         out[side] = int(val)
     if not any(out.values()):
-        raise ValueError(f"--extend {text!r} grows no side; e.g. left=128,right=128")
+        raise ConfigError(f"--extend {text!r} grows no side; e.g. left=128,right=128")
     return out
 
 
@@ -155,9 +156,9 @@ def extend_canvas(height: int, width: int, extend: dict[str, int], *, patch: int
 def window_origins(size: int, window: int, stride: int) -> list[int]:
     """Starts of windows of ``window`` covering [0, size), ``stride`` apart, the last flush at the end."""
     if size < window:
-        raise ValueError(f"canvas of {size} tokens is smaller than the model's {window}-token window")
+        raise ConfigError(f"canvas of {size} tokens is smaller than the model's {window}-token window")
     if stride <= 0:
-        raise ValueError(f"window stride must be positive, got {stride}")
+        raise ConfigError(f"window stride must be positive, got {stride}")
     starts = list(range(0, size - window + 1, stride))
     if starts[-1] != size - window:
         starts.append(size - window)
@@ -174,8 +175,8 @@ def decode_masked_tokens(model: torch.nn.Module, tokens: torch.Tensor, token_mas
     cfg = model.config
     b, h, w = tokens.shape
     if (h, w) != (cfg.latent_size, cfg.latent_size):
-        raise ValueError(f"token grid {h}x{w} differs from the model's {cfg.latent_size}x{cfg.latent_size}; "
-                         f"use outpaint_tokens for larger canvases")
+        raise ConfigError(f"token grid {h}x{w} differs from the model's {cfg.latent_size}x{cfg.latent_size}; "
+                          f"use outpaint_tokens for larger canvases")
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     seq = torch.where(token_mask.bool(), torch.full_like(tokens, cfg.mask_token_id), tokens.long())

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TransformerConfig
+from maskgit_core.errors import ConfigError
 
 __all__ = ["MaskGITTransformer", "Attention", "TransformerLayer"]
 
@@ -39,7 +40,7 @@ class Attention(nn.Module):
             k, v = kv_cache.update(k, v)  # (B, H, L_total, Dh)
         causal = self.causal and (kv_cache is None or n > 1)
         if causal and k.shape[2] != n:
-            raise ValueError("a causal prefix longer than one token must be fed before the cache holds anything")
+            raise ConfigError("a causal prefix longer than one token must be fed before the cache holds anything")
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attention_dropout if self.training else 0.0,
                                            is_causal=causal)  # (B, H, L, Dh)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
@@ -112,7 +113,7 @@ class MaskGITTransformer(nn.Module):
                 start_pos: int = 0) -> torch.Tensor:
         b, n = tokens.shape
         if start_pos + n > self.config.seq_len:
-            raise ValueError(f"sequence of length {start_pos + n} exceeds the model's {self.config.seq_len}")
+            raise ConfigError(f"sequence of length {start_pos + n} exceeds the model's {self.config.seq_len}")
         pos = torch.arange(start_pos, start_pos + n, device=tokens.device)
         x = self.word_embeddings(tokens) + self.position_embeddings(pos)[None]  # (B, L, D)
         x = self.dropout(self.embeddings_ln(x))

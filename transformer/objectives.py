@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TransformerConfig
+from maskgit_core.errors import ConfigError
 
 __all__ = ["ObjectiveConfig", "OBJECTIVES", "TRAIN_GAMMAS", "train_gamma", "num_masked", "random_mask",
            "apply_class_dropout", "mvtm_batch", "ar_batch", "masked_token_loss", "ObjectiveOutput",
@@ -59,13 +60,13 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose one of {list(OBJECTIVES)}")
+            raise ConfigError(f"unknown objective {self.objective!r}; choose one of {list(OBJECTIVES)}")
         if self.schedule not in TRAIN_GAMMAS:
-            raise ValueError(f"unknown training mask schedule {self.schedule!r}; choose one of {sorted(TRAIN_GAMMAS)}")
+            raise ConfigError(f"unknown training mask schedule {self.schedule!r}; choose one of {sorted(TRAIN_GAMMAS)}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+            raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.class_dropout < 1.0:
-            raise ValueError(f"class_dropout must lie in [0, 1), got {self.class_dropout}")
+            raise ConfigError(f"class_dropout must lie in [0, 1), got {self.class_dropout}")
 
     def resolved_null_label(self, model_cfg: TransformerConfig) -> int | None:
         """The null class (None without class dropout), checked against the model."""
@@ -73,24 +74,24 @@ class ObjectiveConfig:
             return None
         label = model_cfg.num_classes - 1 if self.null_label is None else self.null_label
         if not 0 <= label < model_cfg.num_classes:
-            raise ValueError(f"null_label {label} outside the model's classes [0, {model_cfg.num_classes}); "
+            raise ConfigError(f"null_label {label} outside the model's classes [0, {model_cfg.num_classes}); "
                              f"use num_classes-1 ({model_cfg.num_classes - 1}) and keep that class out of the data")
         return label
 
     def check_model(self, model_cfg: TransformerConfig) -> None:
         """Refuse a model whose attention does not match the objective."""
         if self.objective == "ar" and not model_cfg.causal:
-            raise ValueError("objective 'ar' needs a causal model: set model override causal=true")
+            raise ConfigError("objective 'ar' needs a causal model: set model override causal=true")
         if self.objective == "mvtm" and model_cfg.causal:
-            raise ValueError("objective 'mvtm' needs a bidirectional model: set model override causal=false "
-                             "or objective=ar")
+            raise ConfigError("objective 'mvtm' needs a bidirectional model: set model override causal=false "
+                              "or objective=ar")
         self.resolved_null_label(model_cfg)
 
 
 def train_gamma(r: torch.Tensor, schedule: str = "cosine") -> torch.Tensor:
     """gamma(r) per sample, r (B,) in [0, 1) -> (B,) in (0, 1]."""
     if schedule not in TRAIN_GAMMAS:
-        raise ValueError(f"unknown training mask schedule {schedule!r}; choose one of {sorted(TRAIN_GAMMAS)}")
+        raise ConfigError(f"unknown training mask schedule {schedule!r}; choose one of {sorted(TRAIN_GAMMAS)}")
     return TRAIN_GAMMAS[schedule](r)
 
 

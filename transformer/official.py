@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tokenizer.flax_msgpack import (CheckpointError, build_official_tree, flatten_tree, map_official_params,
+from maskgit_core.flax_msgpack import (CheckpointError, build_official_tree, flatten_tree, map_official_params,
                                     read_flax_msgpack)
 
 from .config import TransformerConfig

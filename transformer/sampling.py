@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .schedules import canonical_schedule, mask_len_table
+from maskgit_core.errors import ConfigError
 
 __all__ = ["DecodeNoise", "TorchGumbelNoise", "ArrayNoise", "SeededNoise", "decode", "mask_by_random_topk",
            "gumbel", "parallel_decode", "DecodeResult", "sample_tokens", "halton_order", "guidance_weight",
@@ -129,7 +130,7 @@ class SeededNoise:
 
     def _draw(self, shape: tuple[int, ...]) -> torch.Tensor:
         if shape[0] != len(self._gens):
-            raise ValueError(f"noise for a batch of {shape[0]} asked from {len(self._gens)} seeds")
+            raise ConfigError(f"noise for a batch of {shape[0]} asked from {len(self._gens)} seeds")
         per = [gumbel(tuple(shape[1:]), g) for g in self._gens]
         return torch.stack(per).to(self.device)
 
@@ -143,7 +144,7 @@ class SeededNoise:
 def guidance_weight(scale: float, schedule: str, step: int, num_iter: int) -> float:
     """Classifier-free guidance weight at ``step`` (0-based): logits = c + w_t (c - u)."""
     if schedule not in GUIDANCE_SCHEDULES:
-        raise ValueError(f"unknown guidance schedule {schedule!r}; choose one of {sorted(GUIDANCE_SCHEDULES)}")
+        raise ConfigError(f"unknown guidance schedule {schedule!r}; choose one of {sorted(GUIDANCE_SCHEDULES)}")
     r = (step + 1) / num_iter
     if schedule == "constant":
         return float(scale)
@@ -186,7 +187,7 @@ def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
     if not k or k >= logits.shape[-1]:
         return logits
     if k < 0:
-        raise ValueError(f"top_k must be positive or None, got {k}")
+        raise ConfigError(f"top_k must be positive or None, got {k}")
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
     return logits.masked_fill(logits < kth, float("-inf"))
 
@@ -220,16 +221,16 @@ def parallel_decode(logits_fn: StepLogitsFn, inputs: torch.Tensor, *, mask_token
     """
     schedule = canonical_schedule(schedule)
     if order not in ORDERS:
-        raise ValueError(f"unknown decoding order {order!r}; choose one of {sorted(ORDERS)}")
+        raise ConfigError(f"unknown decoding order {order!r}; choose one of {sorted(ORDERS)}")
     if not 0 <= start_iter < num_iter:
-        raise ValueError(f"start_iter must lie in [0, num_iter={num_iter}), got {start_iter}")
+        raise ConfigError(f"start_iter must lie in [0, num_iter={num_iter}), got {start_iter}")
     noise = noise or TorchGumbelNoise(device=inputs.device)
     cur = inputs.long().clone()  # (B, L)
     b, n = cur.shape
     rank = None
     if order == "halton":
         if grid is None or grid[0] * grid[1] != n - 1:
-            raise ValueError(f"order='halton' needs grid=(h, w) with h*w = {n - 1} image tokens, got {grid}")
+            raise ConfigError(f"order='halton' needs grid=(h, w) with h*w = {n - 1} image tokens, got {grid}")
         rank = torch.zeros(n, dtype=torch.float32)
         rank[1 + torch.from_numpy(halton_order(*grid))] = torch.arange(n - 1, dtype=torch.float32)
         rank = rank.to(cur.device)[None].expand(b, n)  # (B, L): position's place in the Halton order
@@ -273,12 +274,12 @@ def resolve_null_label(model: torch.nn.Module, null_label: int | None) -> int:
         meta = getattr(model, "checkpoint_meta", None) or {}
         null_label = meta.get("null_label")
     if null_label is None:
-        raise ValueError("classifier-free guidance needs the model's null class: pass null_label=<label the "
-                         "trainer used for class dropout, conventionally num_classes-1>, or train with class "
-                         "dropout so the checkpoint records 'null_label'")
+        raise ConfigError("classifier-free guidance needs the model's null class: pass null_label=<label the "
+                          "trainer used for class dropout, conventionally num_classes-1>, or train with class "
+                          "dropout so the checkpoint records 'null_label'")
     nc = model.config.num_classes
     if not 0 <= int(null_label) < nc:
-        raise ValueError(f"null_label {null_label} outside [0, {nc}) of this model")
+        raise ConfigError(f"null_label {null_label} outside [0, {nc}) of this model")
     return int(null_label)
 
 
@@ -298,11 +299,11 @@ def sample_tokens(model: torch.nn.Module, labels: torch.Tensor | list[int], *, s
     """
     cfg = model.config
     if cfg.causal:
-        raise ValueError("this model is causal (AR baseline); use transformer.ar_sampling.ar_sample_tokens")
+        raise ConfigError("this model is causal (AR baseline); use transformer.ar_sampling.ar_sample_tokens")
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= cfg.num_classes):
-        raise ValueError(f"class labels must lie in [0, {cfg.num_classes}), got {labels.tolist()}")
+        raise ConfigError(f"class labels must lie in [0, {cfg.num_classes}), got {labels.tolist()}")
     b = labels.numel()
     inputs = torch.full((b, cfg.seq_len), cfg.mask_token_id, dtype=torch.long)
     inputs[:, 0] = cfg.codebook_size + labels

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from maskgit_core.errors import ConfigError
 
 __all__ = ["SCHEDULES", "mask_ratio", "mask_len", "mask_len_sequence", "mask_len_table", "canonical_schedule"]
 
@@ -29,8 +30,8 @@ def canonical_schedule(method: str) -> str:
     """Return the canonical schedule name; unknown names list the valid ones."""
     name = _ALIASES.get(method, method)
     if name not in SCHEDULES:
-        raise ValueError(f"unknown mask schedule {method!r}; choose one of {sorted(SCHEDULES)} "
-                         f"(aliases {sorted(_ALIASES)})")
+        raise ConfigError(f"unknown mask schedule {method!r}; choose one of {sorted(SCHEDULES)} "
+                          f"(aliases {sorted(_ALIASES)})")
     return name
 
 

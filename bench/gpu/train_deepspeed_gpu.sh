@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:${PYTHONPATH:-}
 if [ -n "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   export TORCH_CUDA_ARCH_LIST=$(echo "$TORCH_CUDA_ARCH_LIST" | sed -E 's/([0-9])a\b/\1/g')
 fi
-python3 -c "from pipeline.synthetic_tokens import write_synthetic_token_dataset as w; \
+python3 -c "from pipeline.data.synthetic import write_synthetic_token_dataset as w; \
 w('/tmp/tok', codebook_size=1024, latent_size=16, num_classes=1000, shard_sizes=[4096] * 4)" || exit 3
 for cfg in ds_config ds_config_zero3; do
   left=$((budget - (SECONDS - start)))

@@ -24,6 +24,7 @@ from .features import (ClassifierConfig, ProxyClassifier, as_float_images, extra
                        save_classifier, train_feature_classifier)
 from .metrics import (feature_stats, fid_from_features, frechet_distance, inception_score, precision_recall,
                       topk_accuracy)
+from maskgit_core.errors import ConfigError
 
 __all__ = ["compute_metrics", "cas_train_on_generated", "reference_stats", "save_reference", "load_reference",
            "load_image_set",
@@ -72,8 +73,8 @@ def load_reference(path: str | os.PathLike) -> dict:
         if "labels" in keys:
             out["labels"] = z["labels"]
     if not ({"mu", "sigma"} <= set(out) or "images" in out):
-        raise ValueError(f"{path}: a reference .npz needs mu and sigma, or images in arr_0 / images; "
-                         f"found {sorted(keys)}")
+        raise ConfigError(f"{path}: a reference .npz needs mu and sigma, or images in arr_0 / images; "
+                          f"found {sorted(keys)}")
     return out
 
 
@@ -87,13 +88,13 @@ def load_image_set(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
         with np.load(p, allow_pickle=False) as z:
             key = "images" if "images" in z.files else "arr_0" if "arr_0" in z.files else None
             if key is None:
-                raise ValueError(f"{p}: no 'images' or 'arr_0' array; found {z.files}")
+                raise ConfigError(f"{p}: no 'images' or 'arr_0' array; found {z.files}")
             return z[key], (z["labels"] if "labels" in z.files else None)
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: neither an .npz file nor a folder of images")
     files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not files:
-        raise ValueError(f"{p}: no .png/.jpg images in this folder")
+        raise ConfigError(f"{p}: no .png/.jpg images in this folder")
     imgs = []
     for f in files:
         with Image.open(f) as im:
@@ -116,7 +117,7 @@ def compute_metrics(gen_images, *, classifier: ProxyClassifier, gen_labels=None,
     if ref_images is not None:
         ref_stats = reference_stats(ref_images, classifier)
     if ref_stats is None:
-        raise ValueError("give a reference: ref_images (real images) or ref_stats (a reference .npz)")
+        raise ConfigError("give a reference: ref_images (real images) or ref_stats (a reference .npz)")
     if "mu" not in ref_stats and "images" in ref_stats:
         ref_stats = reference_stats(ref_stats["images"], classifier)
     name = ref_stats.get("feature_name")
@@ -124,9 +125,9 @@ def compute_metrics(gen_images, *, classifier: ProxyClassifier, gen_labels=None,
         if "images" in ref_stats:
             ref_stats = reference_stats(ref_stats["images"], classifier)
         else:
-            raise ValueError(f"reference statistics have {np.atleast_1d(ref_stats['mu']).shape[0]}-d features "
-                             f"({name or 'unknown extractor'}), {classifier.name} gives {gf.shape[1]}-d; compute "
-                             f"the reference with the same extractor (maskgit-pipeline eval --reference IMAGES)")
+            raise ConfigError(f"reference statistics have {np.atleast_1d(ref_stats['mu']).shape[0]}-d features "
+                              f"({name or 'unknown extractor'}), {classifier.name} gives {gf.shape[1]}-d; compute "
+                              f"the reference with the same extractor (maskgit-pipeline eval --reference IMAGES)")
     elif name and name != classifier.name:
         log.warning("reference statistics come from %s, generated features from %s", name, classifier.name)
     mu, sigma = feature_stats(gf)

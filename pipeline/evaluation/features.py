@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.checkpoint_io import check_state_dict, read_checkpoint_dir, save_checkpoint_dir
+from maskgit_core.checkpoint_io import check_state_dict, read_checkpoint_dir, save_checkpoint_dir
+from maskgit_core.errors import ConfigError
 
 __all__ = ["ClassifierConfig", "ProxyClassifier", "train_feature_classifier", "save_classifier",
            "load_classifier", "as_float_images", "extract"]
@@ -40,7 +41,7 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         for name in ("num_classes", "image_size", "width", "feature_dim"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 class ProxyClassifier(nn.Module):
@@ -83,10 +84,10 @@ def as_float_images(images) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
     if x.dtype == torch.uint8:
         if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"uint8 images must be (N, H, W, 3), got {tuple(x.shape)}")
+            raise ConfigError(f"uint8 images must be (N, H, W, 3), got {tuple(x.shape)}")
         return x.permute(0, 3, 1, 2).float() / 255.0
     if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"float images must be (N, 3, H, W) in [0, 1], got {tuple(x.shape)}")
+        raise ConfigError(f"float images must be (N, 3, H, W) in [0, 1], got {tuple(x.shape)}")
     return x.float()
 
 
@@ -98,7 +99,7 @@ def train_feature_classifier(images, labels, *, num_classes: int | None = None, 
     x = as_float_images(images)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{x.shape[0]} images but {y.shape[0]} labels")
+        raise ConfigError(f"{x.shape[0]} images but {y.shape[0]} labels")
     nc = int(num_classes or int(y.max()) + 1)
     cfg = ClassifierConfig(num_classes=nc, image_size=image_size or x.shape[-1], width=width,
                            feature_dim=feature_dim)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from maskgit_core.errors import ConfigError
 
 __all__ = ["FIDInceptionV3", "load_inception"]
 
@@ -187,8 +188,8 @@ def load_inception(path: str | os.PathLike) -> FIDInceptionV3:
     unexpected = sorted(set(state) - set(own))
     bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or bad:
-        raise ValueError(f"{p}: not the FID InceptionV3 state dict: missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}, wrong shapes {bad[:5]}")
+        raise ConfigError(f"{p}: not the FID InceptionV3 state dict: missing {missing[:5]}, unexpected "
+                          f"{unexpected[:5]}, wrong shapes {bad[:5]}")
     model.load_state_dict(state)
     model.weights_id = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
     return model.eval()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import linalg
+from maskgit_core.errors import ConfigError
 
 __all__ = ["feature_stats", "frechet_distance", "fid_from_features", "inception_score", "knn_radii",
            "precision_recall", "topk_accuracy"]
@@ -21,7 +22,7 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) -> (mu (D,), sigma (D, D)), float64, unbiased covariance (as the reference FID code)."""
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"features must be (N >= 2, D), got {f.shape}")
+        raise ConfigError(f"features must be (N >= 2, D), got {f.shape}")
     return f.mean(0), np.cov(f, rowvar=False)
 
 
@@ -31,8 +32,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
-        raise ValueError(f"feature statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs "
-                         f"{s2.shape}; both sides must come from the same feature extractor")
+        raise ConfigError(f"feature statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs "
+                          f"{s2.shape}; both sides must come from the same feature extractor")
     diff = mu1 - mu2
     covmean, _ = linalg.sqrtm(s1.dot(s2), disp=False)
     if not np.isfinite(covmean).all():
@@ -51,7 +52,7 @@ def inception_score(probs: np.ndarray, *, splits: int = 1) -> tuple[float, float
     """probs (N, C) rows summing to 1 -> (mean, std) of exp(E KL(p(y|x) || p(y))) over ``splits``."""
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or not np.allclose(p.sum(1), 1.0, atol=1e-4):
-        raise ValueError(f"probs must be (N, C) with rows summing to 1, got shape {p.shape}")
+        raise ConfigError(f"probs must be (N, C) with rows summing to 1, got shape {p.shape}")
     scores = []
     for part in np.array_split(p, splits):
         py = part.mean(0, keepdims=True)
@@ -69,7 +70,7 @@ def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
     """Distance of each point to its k-th nearest other point of the same set. (N,) float64."""
     f = torch.as_tensor(np.asarray(features, dtype=np.float64))
     if f.shape[0] <= k:
-        raise ValueError(f"need more than k={k} points for k-NN radii, got {f.shape[0]}")
+        raise ConfigError(f"need more than k={k} points for k-NN radii, got {f.shape[0]}")
     d = _cdist(f, f)  # (N, N), self at distance 0 is the 0-th neighbour
     return torch.kthvalue(d, k + 1, dim=1).values.numpy()
 

@@ -26,7 +26,7 @@ def make_demo_data_cmd(out, image_size, num_classes, train_per_class, val_per_cl
     Example:
       maskgit-pipeline make-demo-data demo-data --with-bad-files
     """
-    from .demo_data import DemoDataConfig, make_demo_dataset
+    from pipeline.demo.data import DemoDataConfig, make_demo_dataset
 
     cfg = DemoDataConfig(image_size=image_size, num_classes=num_classes, train_per_class=train_per_class,
                          val_per_class=val_per_class, seed=seed, with_bad_files=with_bad_files)
@@ -88,7 +88,7 @@ def demo_cmd(out, quick) -> None:
     Example:
       maskgit-pipeline demo --quick --out demo-out
     """
-    from .demo import run_demo
+    from pipeline.demo.run import run_demo
 
     ctx, records = run_demo(out, quick=quick, progress=click.echo)
     click.echo(f"report: {ctx.out / 'report.md'}")

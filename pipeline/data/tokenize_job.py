@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from .preprocess import AUGMENTATIONS, DecodeError, preprocess_bytes, view_names
-from .shards import (FORMATS, Manifest, ShardInfo, ShardRows, TokenizerInfo, join, put_bytes_atomic, url_to_fs,
+from tokenizer.preprocess import AUGMENTATIONS, DecodeError, preprocess_bytes, view_names
+from pipeline.data.shards import (FORMATS, Manifest, ShardInfo, ShardRows, TokenizerInfo, join, put_bytes_atomic, url_to_fs,
                      write_manifest, write_parquet_shard, write_webdataset_shard)
-from .sources import LABEL_MAPS, LAYOUTS, ItemReader, Listing, SourceItem, list_source
+from pipeline.ray_session import ray_session
+from pipeline.data.sources import LABEL_MAPS, LAYOUTS, ItemReader, Listing, SourceItem, list_source
+from maskgit_core.errors import ConfigError
 
 __all__ = ["TokenizeConfig", "TokenizeResult", "ResourcePlan", "plan_resources", "plan_units", "run_tokenize",
            "JOB_DIR", "ERRORS_FILE", "listing_fingerprint"]
@@ -49,7 +50,7 @@ class TokenizeConfig:
     """One tokenize run."""
 
     source: str
-    """Source path or URL (see pipeline.sources for the layouts)."""
+    """Source path or URL (see pipeline.data.sources for the layouts)."""
     out: str
     """Output directory or URL prefix for shards, error report and manifest."""
     tokenizer: str
@@ -89,19 +90,19 @@ class TokenizeConfig:
         object.__setattr__(self, "formats", tuple(self.formats))
         object.__setattr__(self, "augmentations", tuple(self.augmentations))
         if not self.formats or any(f not in FORMATS for f in self.formats):
-            raise ValueError(f"formats {list(self.formats)}: choose one or both of {list(FORMATS)}")
+            raise ConfigError(f"formats {list(self.formats)}: choose one or both of {list(FORMATS)}")
         bad = [a for a in self.augmentations if a not in AUGMENTATIONS]
         if bad:
-            raise ValueError(f"unknown augmentation(s) {bad}; choose from {list(AUGMENTATIONS)}")
+            raise ConfigError(f"unknown augmentation(s) {bad}; choose from {list(AUGMENTATIONS)}")
         for name, value, valid in (("layout", self.layout, LAYOUTS), ("label_map", self.label_map, LABEL_MAPS),
                                    ("search", self.search, ("auto", "faiss", "torch")),
                                    ("device", self.device, DEVICES), ("precision", self.precision, PRECISIONS)):
             if value not in valid:
-                raise ValueError(f"unknown {name} {value!r}; choose one of {list(valid)}")
+                raise ConfigError(f"unknown {name} {value!r}; choose one of {list(valid)}")
         if self.unit_size < 1 or self.batch_size < 1:
-            raise ValueError(f"unit_size ({self.unit_size}) and batch_size ({self.batch_size}) must be >= 1")
+            raise ConfigError(f"unit_size ({self.unit_size}) and batch_size ({self.batch_size}) must be >= 1")
         if self.num_encoders is not None and self.num_encoders < 1:
-            raise ValueError(f"num_encoders must be >= 1, got {self.num_encoders}")
+            raise ConfigError(f"num_encoders must be >= 1, got {self.num_encoders}")
 
 
 @dataclass
@@ -144,7 +145,7 @@ def plan_resources(cluster: dict[str, float], *, device: str = "auto", num_encod
         device = "cuda" if gpus >= 1 else "cpu"
     if device == "cuda":
         if gpus < 1:
-            raise ValueError("device='cuda' but the Ray cluster has no GPUs; use --device cpu or add GPU workers")
+            raise ConfigError("device='cuda' but the Ray cluster has no GPUs; use --device cpu or add GPU workers")
         n = num_encoders or int(gpus)
         per_gpu = min(1.0, gpus / n)
         enc_cpus = min(1.0, max(0.1, (cpus - 1) / (2 * n)))
@@ -218,8 +219,8 @@ def build_encoder(payload: dict[str, Any], *, device: str):
     model.decoder = None  # the job only encodes
     missing, unexpected = model.load_state_dict(payload["state"], strict=False)
     if unexpected or any(not k.startswith("decoder.") for k in missing):
-        raise ValueError(f"tokenizer weights do not match its config (missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]})")
+        raise ConfigError(f"tokenizer weights do not match its config (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]})")
     return model.to(device).eval()
 
 
@@ -281,20 +282,6 @@ class EncodeUnits:
 
 # ------------------------------------------------------------------ the driver
 
-def _ray_init(address: str | None) -> bool:
-    """Connect to (or start) Ray; True when this call started it (and should shut it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kw = dict(logging_level=logging.WARNING, log_to_driver=False)
-    if address or os.environ.get("RAY_ADDRESS"):  # RAY_ADDRESS: set by `ray job submit`
-        ray.init(address=address, **kw)
-    else:
-        ray.init(include_dashboard=False, **kw)
-    return True
-
-
 def _tokenizer_info(model, augmentations: tuple[str, ...]) -> TokenizerInfo:
     sha = getattr(model, "weights_sha256", None)
     if not sha:
@@ -328,12 +315,12 @@ def _check_job(fs, root: str, spec: dict[str, Any], *, resume: bool, out: str) -
             elif a != b:
                 diff.append(k)
         if diff:
-            raise ValueError(f"{out} holds a tokenize run with different {diff} (see {JOB_DIR}/job.json); "
-                             "use a new output location, or the same settings and source to resume it")
+            raise ConfigError(f"{out} holds a tokenize run with different {diff} (see {JOB_DIR}/job.json); "
+                              "use a new output location, or the same settings and source to resume it")
         return
     if resume:
-        raise ValueError(f"--resume: {out} holds no tokenize run to resume ({JOB_DIR}/job.json missing); "
-                         "drop --resume to start one")
+        raise ConfigError(f"--resume: {out} holds no tokenize run to resume ({JOB_DIR}/job.json missing); "
+                          "drop --resume to start one")
     put_bytes_atomic(fs, path, json.dumps(spec, indent=1).encode())
 
 
@@ -398,8 +385,7 @@ def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
     arrivals: list[tuple[float, int]] = []  # (time a unit came out of the encoder, its images)
     encode_s: list[tuple[int, float]] = []  # (images, seconds inside the encoder actor) per unit
     if pending:
-        started = _ray_init(cfg.ray_address)
-        try:
+        with ray_session(cfg.ray_address):
             ctx = DataContext.get_current()
             ctx.enable_progress_bars = False
             ctx.execution_options.preserve_order = False
@@ -429,9 +415,6 @@ def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
                     rec = f.result()
                     records[rec["unit"]] = rec
                     log.info("unit %d: %d samples, %d errors", rec["unit"], rec["samples"], len(rec["errors"]))
-        finally:
-            if started:
-                ray.shutdown()
     if len(records) != len(units):
         missing = sorted(set(range(len(units))) - set(records))[:10]
         raise RuntimeError(f"units {missing} produced no output; rerun to finish them")

@@ -1,10 +1,10 @@
-"""The demo's stages 4-10 with the project's real components (``pipeline.demo`` runs them).
+"""The demo's stages 4-10 with the project's real components (``pipeline.demo.run`` runs them).
 
 ==========  ====================================================================================
-tokenize    Ray tokenize job (``pipeline.tokenize_job.run_tokenize``) of data/train and data/val,
+tokenize    Ray tokenize job (``pipeline.data.tokenize_job.run_tokenize``) of data/train and data/val,
             Parquet + WebDataset, error report (the demo data holds bad files on purpose)
-verify      ``pipeline.verify.verify_dataset`` against the source: exactly once, both formats agree
-train_mvtm  ``pipeline.train_loop.run_training``: the ``deepspeed`` launcher, 2 CPU ranks, MVTM
+verify      ``pipeline.data.verify.verify_dataset`` against the source: exactly once, both formats agree
+train_mvtm  ``pipeline.train.launcher.run_training``: the ``deepspeed`` launcher, 2 CPU ranks, MVTM
 train_ar    the same preset with ``causal=True`` (objective "ar"), same tokens, same steps
 sample      per-class samples (T=8, cosine), the step-by-step decoding grid (paper Figure 3)
 edit        inpaint, outpaint, class-conditional replace on held-out images, before/after
@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .demo import DemoContext, plot_curves, save_grid
+from pipeline.demo.run import DemoContext, plot_curves, save_grid
 
 __all__ = ["DemoStageSizes", "stage_sizes", "tokenize", "verify", "train_mvtm", "train_ar", "sample", "edit",
            "evaluate", "judge_claims", "SCHEDULE_ORDER"]
@@ -103,19 +103,14 @@ def _num_classes(ctx: DemoContext) -> int:
 
 def tokenize(ctx: DemoContext) -> None:
     """Tokenize data/train and data/val with the Ray job (one local Ray for both); tokens/{train,val}."""
-    import ray
-
-    from .tokenize_job import TokenizeConfig, run_tokenize
+    from pipeline.data.tokenize_job import TokenizeConfig, run_tokenize
+    from pipeline.ray_session import ray_session
 
     data = ctx.need("data", "dataset")
     tok = ctx.need("tokenizer", "train_tokenizer")
     out = ctx.out / "tokens"
-    started = False
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, num_cpus=2)
-        started = True
     results: dict[str, Any] = {}
-    try:
+    with ray_session("local", num_cpus=2):
         for split in ("train", "val"):
             cfg = TokenizeConfig(source=str(data), out=str(out / split), tokenizer=str(tok), layout="imagenet",
                                  split=split, formats=("parquet", "webdataset"), unit_size=512, batch_size=128)
@@ -127,11 +122,8 @@ def tokenize(ctx: DemoContext) -> None:
                               "seconds": round(r.seconds, 1), "out": str(out / split)}
             ctx.say(f"  {split}: {m.counts['samples']} samples, {m.counts['errors']} errors of "
                     f"{m.counts['images']} images in {r.seconds:.1f} s")
-    finally:
-        if started:
-            ray.shutdown()
-    from .verify import read_error_report
-    from .shards import read_manifest
+    from pipeline.data.verify import read_error_report
+    from pipeline.data.shards import read_manifest
 
     errors = [(k, r) for k, r in read_error_report(str(out / "train"), read_manifest(str(out / "train")).error_report)]
     ctx.paths["tokens"] = out / "train"
@@ -139,7 +131,7 @@ def tokenize(ctx: DemoContext) -> None:
     ctx.metrics["tokenize"] = {**{f"{s}_{k}": v for s, d in results.items() for k, v in d.items()
                                   if k in ("images", "samples", "errors", "shards", "seconds")},
                                "error_report": [{"key": k, "reason": r} for k, r in errors]}
-    lines = ["`maskgit-pipeline tokenize`'s Ray Data job (`pipeline.tokenize_job.run_tokenize`, local Ray "
+    lines = ["`maskgit-pipeline tokenize`'s Ray Data job (`pipeline.data.tokenize_job.run_tokenize`, local Ray "
              "with 2 CPUs) wrote both shard formats (Parquet and WebDataset) to `tokens/train` and "
              "`tokens/val`; a manifest, written last, names every shard with its SHA-256.", "",
              "| split | images | samples | errors | shards | seconds |", "|---|---|---|---|---|---|"]
@@ -169,7 +161,7 @@ def tokenize(ctx: DemoContext) -> None:
 
 def verify(ctx: DemoContext) -> None:
     """Exactly-once check of both token datasets against the source listing; fails on any problem."""
-    from .verify import verify_dataset
+    from pipeline.data.verify import verify_dataset
 
     data = ctx.need("data", "dataset")
     rows = {}
@@ -186,7 +178,7 @@ def verify(ctx: DemoContext) -> None:
         m[f"{split}_problems"] = rep.problems
     ctx.metrics["verify"] = m
     ctx.add_text("verify",
-                 "`pipeline.verify.verify_dataset` read every shard of both formats (checksums), checked that "
+                 "`pipeline.data.verify.verify_dataset` read every shard of both formats (checksums), checked that "
                  "Parquet and WebDataset hold the same keys, labels and tokens, and that every source image is "
                  "in exactly one shard row or in the error report:", "",
                  "| split | source images | samples | errors | samples + errors | exactly once |",
@@ -200,17 +192,8 @@ def verify(ctx: DemoContext) -> None:
 
 # ----------------------------------------------------------------------------- 6-7. training
 
-def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (tests or other runs may hold deepspeed's default 29500)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _train(ctx: DemoContext, objective: str) -> dict[str, Any]:
-    from .train_loop import run_training, jobs_dir
+    from pipeline.train.launcher import free_port, jobs_dir, run_training
 
     tokens = ctx.need("tokens", "tokenize")
     nc = _num_classes(ctx) + 1  # + the null class of classifier-free guidance (class dropout)
@@ -229,7 +212,7 @@ def _train(ctx: DemoContext, objective: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     summary = run_training(data=str(tokens), out=str(run), nproc=2, objective=objective, ds_config=str(ds_path),
                            config=str(jobs_dir() / "train_debug.json"), overrides=overrides,
-                           master_port=_free_port())
+                           master_port=free_port())
     wall = time.perf_counter() - t0
     if "export" not in summary:
         raise RuntimeError(f"{objective} training stopped at step {summary.get('step')} without an export")
@@ -287,7 +270,7 @@ def train_ar(ctx: DemoContext) -> None:
 # ----------------------------------------------------------------------------- 8. sample
 
 def _load(ctx: DemoContext, key: str, stage: str):
-    from .generate import load_pair
+    from pipeline.generate import load_pair
 
     return load_pair(ctx.need(key, stage), ctx.need("tokenizer", "train_tokenizer"))
 
@@ -296,7 +279,7 @@ def sample(ctx: DemoContext) -> None:
     """Samples per class (MaskGIT T=8 and AR) and the step-by-step decoding grid."""
     import torch
 
-    from .generate import ar_sample_images, sample_images, step_progression, to_uint8
+    from pipeline.generate import ar_sample_images, sample_images, step_progression, to_uint8
 
     model, vq = _load(ctx, "mvtm", "train_mvtm")
     nc, per = _num_classes(ctx), 8
@@ -308,7 +291,7 @@ def sample(ctx: DemoContext) -> None:
         ctx.add_figure("sample", f"MaskGIT samples, T=8 cosine, no guidance: one row per class (the {nc} classes in "
                        "order, compare with the dataset grid)", fig)
         prog = [step_progression(vq, res, model.config.latent_size, index=i * per) for i in (0, 3, 9)]
-        from .generate import save_png
+        from pipeline.generate import save_png
 
         pgrid = np.concatenate(prog, axis=0)
         fig = save_png(np.repeat(np.repeat(pgrid, 3, 0), 3, 1), ctx.out / "figures" / "decoding_steps.png")
@@ -347,7 +330,7 @@ def _val_images(ctx: DemoContext) -> tuple[np.ndarray, np.ndarray]:
 
 def edit(ctx: DemoContext) -> None:
     """Inpaint, outpaint and class-conditional replace on held-out images; a before/after grid each."""
-    from .generate import edit_inpaint, edit_outpaint, edit_replace
+    from pipeline.generate import edit_inpaint, edit_outpaint, edit_replace
 
     model, vq = _load(ctx, "mvtm", "train_mvtm")
     imgs, labels = _val_images(ctx)
@@ -430,7 +413,7 @@ def _timed(fn) -> tuple[Any, float, float]:
 
 
 def judge_claims(ev: dict[str, Any]) -> list[dict[str, str]]:
-    """The three claims of ``pipeline.demo.PAPER_CLAIMS`` judged on the measured numbers (pure)."""
+    """The three claims of ``pipeline.demo.run.PAPER_CLAIMS`` judged on the measured numbers (pure)."""
     mg, ar = ev["maskgit_t8"], ev["ar"]
     better_fid = mg["fid_proxy"] <= ar["fid_proxy"]
     better_cas = mg["cas"] >= ar["cas"]
@@ -471,7 +454,7 @@ def judge_claims(ev: dict[str, Any]) -> list[dict[str, str]]:
           "'Near' = within 10 % of the best or in the top 3"
           + (f"; the same point with other seeds moves by {ab['seed_spread']:.2f}, so gaps of that size are "
              "sampling noise" if "seed_spread" in ab else ""))
-    from .demo import PAPER_CLAIMS
+    from pipeline.demo.run import PAPER_CLAIMS
 
     return [{"claim": PAPER_CLAIMS[0], "measured": c1, "verdict": v1},
             {"claim": PAPER_CLAIMS[1], "measured": c2, "verdict": v2},
@@ -482,8 +465,8 @@ def evaluate(ctx: DemoContext) -> None:
     """FID-proxy, CAS and decode time of MaskGIT (T=8) vs AR; schedule ablation; the claims."""
     import torch
 
-    from .evaluation import cas_train_on_generated, compute_metrics, reference_stats, train_feature_classifier
-    from .generate import ar_sample_images, sample_images
+    from pipeline.evaluation import cas_train_on_generated, compute_metrics, reference_stats, train_feature_classifier
+    from pipeline.generate import ar_sample_images, sample_images
 
     sz = _sizes(ctx)
     model, vq = _load(ctx, "mvtm", "train_mvtm")
@@ -500,7 +483,7 @@ def evaluate(ctx: DemoContext) -> None:
         va_x, va_y = _val_images(ctx)
         va = va_x.transpose(0, 2, 3, 1)  # (N, S, S, 3) uint8
         ref = reference_stats(va, clf)
-        from .evaluation import extract, topk_accuracy
+        from pipeline.evaluation import extract, topk_accuracy
 
         _, vlog = extract(clf, va)
         ev["proxy"] = {"name": clf.name, "train_images": int(len(tr_y)), "epochs": sz.proxy_epochs,

@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
+from maskgit_core.errors import ConfigError
 
 __all__ = ["DemoDataConfig", "PHOTOS", "BAD_FILES", "make_demo_dataset", "load_photo", "DemoDataset"]
 
@@ -113,17 +114,17 @@ class DemoDataConfig:
 
     def __post_init__(self) -> None:
         if not 32 <= self.image_size <= 64:
-            raise ValueError(f"image_size must be in [32, 64] pixels, got {self.image_size}")
+            raise ConfigError(f"image_size must be in [32, 64] pixels, got {self.image_size}")
         if not 10 <= self.num_classes <= len(PHOTOS):
-            raise ValueError(f"num_classes must be in [10, {len(PHOTOS)}] (one per built-in photo), "
-                             f"got {self.num_classes}")
+            raise ConfigError(f"num_classes must be in [10, {len(PHOTOS)}] (one per built-in photo), "
+                              f"got {self.num_classes}")
         if self.train_per_class < 1 or self.val_per_class < 0:
-            raise ValueError(f"train_per_class must be >= 1 and val_per_class >= 0, got "
-                             f"{self.train_per_class} and {self.val_per_class}")
+            raise ConfigError(f"train_per_class must be >= 1 and val_per_class >= 0, got "
+                              f"{self.train_per_class} and {self.val_per_class}")
         if not 0.0 < self.min_scale <= self.max_scale <= 1.0:
-            raise ValueError(f"need 0 < min_scale <= max_scale <= 1, got {self.min_scale}, {self.max_scale}")
+            raise ConfigError(f"need 0 < min_scale <= max_scale <= 1, got {self.min_scale}, {self.max_scale}")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+            raise ConfigError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -142,7 +143,7 @@ class DemoDataset:
 def load_photo(name: str) -> np.ndarray:
     """The named built-in photo as (H, W, 3) uint8 RGB."""
     if name not in PHOTOS:
-        raise ValueError(f"unknown demo photo {name!r}; choose one of {list(PHOTOS)}")
+        raise ConfigError(f"unknown demo photo {name!r}; choose one of {list(PHOTOS)}")
     return _rgb(np.asarray(_photo(name)()))
 
 
@@ -203,7 +204,7 @@ def make_demo_dataset(out: str | os.PathLike, config: DemoDataConfig | None = No
     cfg = config or DemoDataConfig()
     root = Path(out)
     if root.exists() and not root.is_dir():
-        raise ValueError(f"{root} exists and is not a directory; pass a directory for the demo dataset")
+        raise ConfigError(f"{root} exists and is not a directory; pass a directory for the demo dataset")
     names = list(PHOTOS)[: cfg.num_classes]
     classes = [{"index": i, "id": f"c{i:02d}_{n}", "name": n, "source": PHOTOS[n]} for i, n in enumerate(names)]
     bad: list[str] = []

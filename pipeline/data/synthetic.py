@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .shards import (Manifest, ShardRows, TokenizerInfo, write_manifest, write_parquet_shard,
+from pipeline.data.shards import (Manifest, ShardRows, TokenizerInfo, write_manifest, write_parquet_shard,
                      write_webdataset_shard)
 
 __all__ = ["write_synthetic_token_dataset"]

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .shards import read_manifest, read_shard
+from pipeline.data.shards import read_manifest, read_shard
+from maskgit_core.errors import ConfigError
 
 __all__ = ["usage_stats", "InspectReport", "inspect_dataset", "save_grid_png"]
 
@@ -51,7 +52,7 @@ class InspectReport:
 
 def save_grid_png(images: np.ndarray, path: str | os.PathLike, *, cols: int = 8) -> None:
     """(N, 3, H, W) float in [0, 1] (clipped here) -> one PNG grid."""
-    from .generate import make_grid, save_png, to_uint8
+    from pipeline.generate.imageio import make_grid, save_png, to_uint8
 
     save_png(make_grid(to_uint8(images), nrow=max(1, min(cols, len(images)))), path)
 
@@ -116,8 +117,8 @@ def inspect_dataset(out: str, *, report_dir: str | os.PathLike, tokenizer_dir: s
         model = tokenizer.load(tokenizer_dir)
         sha = getattr(model, "weights_sha256", None)
         if sha and sha != info.checkpoint_sha256:
-            raise ValueError(f"tokenizer {tokenizer_dir} (sha256 {sha[:12]}) is not the one that made {out} "
-                             f"({info.checkpoint_sha256[:12]}); pass the tokenizer named in the manifest")
+            raise ConfigError(f"tokenizer {tokenizer_dir} (sha256 {sha[:12]}) is not the one that made {out} "
+                              f"({info.checkpoint_sha256[:12]}); pass the tokenizer named in the manifest")
         with torch.inference_mode():
             imgs = model.decode_ids(torch.from_numpy(np.stack(first).astype(np.int64))).clamp(0, 1).numpy()
         save_grid_png(imgs, rd / "samples.png")

@@ -37,8 +37,9 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .shards import (FORMATS, Manifest, ShardError, ShardInfo, check_compatible, iter_ustar, join, read_manifest,
+from pipeline.data.shards import (FORMATS, Manifest, ShardError, ShardInfo, check_compatible, iter_ustar, join, read_manifest,
                      read_shard_bytes, url_to_fs)
+from maskgit_core.errors import ConfigError
 
 __all__ = ["StreamConfig", "TokenStream", "epoch_blocks", "stream_positions", "aug_index", "rank_positions",
            "StreamPlan"]
@@ -174,10 +175,10 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise ValueError(f"unknown shard format {self.format!r}; choose one of {list(FORMATS)}")
+            raise ConfigError(f"unknown shard format {self.format!r}; choose one of {list(FORMATS)}")
         for name in ("batch_size", "block_size", "shuffle_buffer"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"stream {name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"stream {name} must be positive, got {getattr(self, name)}")
 
 
 class TokenStream(IterableDataset):
@@ -190,7 +191,7 @@ class TokenStream(IterableDataset):
                  rank: int = 0, world_size: int = 1, start: int = 0, num_batches: int | None = None,
                  storage_options: dict[str, Any] | None = None):
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside [0, world_size={world_size})")
+            raise ConfigError(f"rank {rank} outside [0, world_size={world_size})")
         self.cfg, self.rank, self.world_size, self.start = cfg, rank, world_size, int(start)
         self.num_batches = num_batches
         self.storage_options = dict(storage_options or {})
@@ -307,7 +308,7 @@ class TokenStream(IterableDataset):
             head = len(payloads[0]) - int(np.prod(shape)) * self.info.token_dtype.itemsize
             ref = np.load(io.BytesIO(payloads[0]), allow_pickle=False)
             if ref.shape != shape or any(len(p) != len(payloads[0]) for p in payloads):
-                raise ValueError(f"tokens.npy members are not all {shape} {self.info.token_dtype}")
+                raise ConfigError(f"tokens.npy members are not all {shape} {self.info.token_dtype}")
             tokens = np.frombuffer(b"".join(p[head:] for p in payloads), dtype=ref.dtype).reshape((-1, *shape))
         except Exception as e:
             raise ShardError(f"{full}: cannot decode webdataset shard ({type(e).__name__}: {e}); delete it and "

@@ -6,7 +6,7 @@ last bit: the float decoder's result can depend on the batch size and thread cou
 ``shard-NNNNN.npz`` (images (n, H, W, 3) uint8, tokens (n, h, w), labels, indices), each written atomically; a
 rerun skips shards already on disk; ``manifest.json`` is written last.
 
-    python -m pipeline.sample_job --checkpoint ckpt/ --tokenizer ckpt/ --per-class 50 --out samples/ \
+    python -m pipeline.generate.sample_set --checkpoint ckpt/ --tokenizer ckpt/ --per-class 50 --out samples/ \
         [--ray-address auto]
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from maskgit_core.errors import ConfigError
 
 __all__ = ["plan_shards", "sample_shard", "sample_set", "load_sample_set"]
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 def plan_shards(n: int, shard_size: int) -> list[tuple[int, int]]:
     """[(start, stop), ...] covering range(n)."""
     if shard_size <= 0:
-        raise ValueError(f"shard_size must be positive, got {shard_size}")
+        raise ConfigError(f"shard_size must be positive, got {shard_size}")
     return [(s, min(n, s + shard_size)) for s in range(0, n, shard_size)]
 
 
@@ -39,7 +40,7 @@ def sample_shard(checkpoint: str, tokenizer_dir: str, labels: list[int], start: 
     from transformer.ar_sampling import ar_sample_tokens
     from transformer.sampling import sample_tokens
 
-    from .generate import decode_tokens, load_pair, to_uint8
+    from pipeline.generate import decode_tokens, load_pair, to_uint8
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -79,12 +80,13 @@ def sample_set(checkpoint: str | os.PathLike, tokenizer_dir: str | os.PathLike, 
     else:
         import ray
 
-        ray.init(address=None if ray_address == "local" else ray_address, ignore_reinit_error=True,
-                 include_dashboard=False, log_to_driver=False)
-        gpus = ray.cluster_resources().get("GPU", 0)
-        task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0.5 if not gpus else 1)(sample_shard)
-        for done in ray.get([task.remote(*a, device="cuda" if gpus else "cpu", **kw) for a in args]):
-            log.info("wrote %s", done)
+        from pipeline.ray_session import ray_session
+
+        with ray_session(ray_address):
+            gpus = ray.cluster_resources().get("GPU", 0)
+            task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0.5 if not gpus else 1)(sample_shard)
+            for done in ray.get([task.remote(*a, device="cuda" if gpus else "cpu", **kw) for a in args]):
+                log.info("wrote %s", done)
     manifest = {"format_version": 1, "num_images": len(labels), "seed": seed, "checkpoint": str(checkpoint),
                 "tokenizer": str(tokenizer_dir), "sample_kw": sample_kw,
                 "shards": [{"path": f"shard-{k:05d}.npz", "start": s, "stop": e} for k, (s, e) in enumerate(shards)]}
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ray-address", default=None, help="'auto' for the cluster this runs in, 'local' to start one")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    from tokenizer.checkpoint_io import resolve_checkpoint_dir
+    from maskgit_core.checkpoint_io import resolve_checkpoint_dir
     from transformer import KIND
 
     cfg = json.loads((resolve_checkpoint_dir(a.checkpoint, KIND, "transformer") / "config.json").read_text())

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from .preprocess import AUGMENTATIONS
-from .sources import LABEL_MAPS, LAYOUTS
+from tokenizer.preprocess import AUGMENTATIONS
+from pipeline.data.sources import LABEL_MAPS, LAYOUTS
 
 __all__ = ["register", "tokenize_cmd", "verify_cmd", "inspect_cmd"]
 
@@ -50,7 +50,7 @@ def tokenize_cmd(source, out, tokenizer_dir, layout, split, label_map, val_label
       maskgit-pipeline tokenize /data/imagenet ckpt/tokens-train --tokenizer ckpt/official256/tokenizer \\
           --split train --format both --augment hflip
     """
-    from .tokenize_job import TokenizeConfig, run_tokenize
+    from pipeline.data.tokenize_job import TokenizeConfig, run_tokenize
 
     cfg = TokenizeConfig(source=source, out=out, tokenizer=tokenizer_dir, layout=layout, split=split,
                          label_map=label_map, val_labels=val_labels, formats=_FORMATS[fmt],
@@ -78,7 +78,7 @@ def verify_cmd(out, source, layout, split, val_labels, as_json) -> None:
     Example:
       maskgit-pipeline verify ckpt/tokens-train --source /data/imagenet
     """
-    from .verify import verify_dataset
+    from pipeline.data.verify import verify_dataset
 
     rep = verify_dataset(out, source=source, layout=layout, split=split, val_labels=val_labels)
     if as_json:
@@ -106,7 +106,7 @@ def inspect_cmd(out, tokenizer_dir, report_dir, num_samples) -> None:
     Example:
       maskgit-pipeline inspect ckpt/tokens-train --tokenizer ckpt/official256/tokenizer --report-dir rep/
     """
-    from .inspect_tokens import inspect_dataset
+    from pipeline.data.inspect import inspect_dataset
 
     rep = inspect_dataset(out, report_dir=report_dir, tokenizer_dir=tokenizer_dir, num_samples=num_samples)
     u = rep.usage

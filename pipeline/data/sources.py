@@ -34,7 +34,8 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .shards import url_to_fs
+from pipeline.data.shards import url_to_fs
+from maskgit_core.errors import ConfigError
 
 __all__ = ["SourceItem", "Listing", "list_source", "ItemReader", "LAYOUTS", "LABEL_MAPS", "IMAGE_EXTS",
            "imagenet_class_entries"]
@@ -124,15 +125,15 @@ def _names_file(fs, root: str) -> dict[str, str]:
 def _class_table(ids: Iterable[str], *, label_map: str, names: dict[str, str]) -> tuple[dict[str, int], list[dict]]:
     """class id -> label, and the manifest class table, for class-folder layouts."""
     if label_map not in LABEL_MAPS:
-        raise ValueError(f"unknown label_map {label_map!r}; choose one of {list(LABEL_MAPS)}")
+        raise ConfigError(f"unknown label_map {label_map!r}; choose one of {list(LABEL_MAPS)}")
     ids = sorted(set(ids))
     wnid_to_idx, ic = _imagenet_tables()
     imagenet = bool(ids) and all(i in wnid_to_idx for i in ids)
     if label_map == "imagenet1k":
         if not imagenet:
             bad = [i for i in ids if i not in wnid_to_idx][:5]
-            raise ValueError(f"label_map='imagenet1k' needs ImageNet-1k synset ids as class names; found {bad}; "
-                             "use label_map='sorted'")
+            raise ConfigError(f"label_map='imagenet1k' needs ImageNet-1k synset ids as class names; found {bad}; "
+                              "use label_map='sorted'")
         table = imagenet_class_entries()
         return {w: wnid_to_idx[w] for w in ids}, table
     label = {c: i for i, c in enumerate(ids)}
@@ -195,8 +196,8 @@ def _folder(fs, root: str, *, uri: str, layout: str, split: str | None, key_pref
             label_map: str) -> Listing:
     found, errors, class_ids = _list_class_folders(fs, root, key_prefix=key_prefix)
     if not class_ids:
-        raise ValueError(f"{uri}: no class folders found (expected ROOT/<class>/<image>); for a flat val folder "
-                         "pass --layout val-flat with LOC_val_solution.csv")
+        raise ConfigError(f"{uri}: no class folders found (expected ROOT/<class>/<image>); for a flat val folder "
+                          "pass --layout val-flat with LOC_val_solution.csv")
     label, table = _class_table(class_ids, label_map=label_map, names=_names_file(fs, root))
     items = [SourceItem(k, label[c], _full(fs, p)) for k, c, p in found]
     return Listing(uri, layout, split, sorted(items, key=lambda i: i.key), table, sorted(errors))
@@ -210,7 +211,7 @@ def _read_val_solution(fs, path: str) -> dict[str, str]:
             if row.get("ImageId") and pred:
                 out[row["ImageId"]] = pred[0]
     if not out:
-        raise ValueError(f"{path}: no 'ImageId,PredictionString' rows; expected LOC_val_solution.csv format")
+        raise ConfigError(f"{path}: no 'ImageId,PredictionString' rows; expected LOC_val_solution.csv format")
     return out
 
 
@@ -228,9 +229,9 @@ def _val_flat(fs, root: str, *, uri: str, split: str | None, key_prefix: str, la
             if lpath:
                 break
         if lpath is None:
-            raise ValueError(f"{uri}: flat val folder without a ground-truth file; put LOC_val_solution.csv in it "
-                             "or its parent, or pass --val-labels FILE (the devkit's ILSVRC2012_validation_"
-                             "ground_truth.txt uses meta.mat ids, not sorted-synset indices)")
+            raise ConfigError(f"{uri}: flat val folder without a ground-truth file; put LOC_val_solution.csv in it "
+                              "or its parent, or pass --val-labels FILE (the devkit's ILSVRC2012_validation_"
+                              "ground_truth.txt uses meta.mat ids, not sorted-synset indices)")
     truth = _read_val_solution(lfs, lpath)
     label, table = _class_table(truth.values(), label_map=label_map, names={})
     items, errors = [], []
@@ -309,7 +310,7 @@ def _tar_of_tars(fs, path: str, *, uri: str, split: str | None, label_map: str) 
             except tarfile.TarError as e:
                 errors.append((m.name, f"unreadable inner tar ({e})"))
     if not class_ids:
-        raise ValueError(f"{uri}: no per-class .tar members; expected ILSVRC2012_img_train.tar layout")
+        raise ConfigError(f"{uri}: no per-class .tar members; expected ILSVRC2012_img_train.tar layout")
     label, table = _class_table(class_ids, label_map=label_map, names={})
     items = [SourceItem(k, label[w], loc, off, size) for k, w, off, size in entries]
     return Listing(uri, "tar-of-tars", split, sorted(items, key=lambda i: i.key), table, sorted(errors))
@@ -323,7 +324,7 @@ def _webdataset(fs, path: str, *, uri: str, split: str | None) -> Listing:
     else:
         shards, base = [path], posixpath.dirname(path)
     if not shards:
-        raise ValueError(f"{uri}: no .tar shards found for the webdataset layout")
+        raise ConfigError(f"{uri}: no .tar shards found for the webdataset layout")
     items, errors, labels = [], [], set()
     for shard in shards:
         rel = _rel(base, shard)
@@ -359,7 +360,7 @@ def _webdataset(fs, path: str, *, uri: str, split: str | None) -> Listing:
 def _detect(fs, path: str, split: str | None) -> str:
     if fs.isfile(path):
         if not path.endswith(".tar"):
-            raise ValueError(f"{path}: a single file source must be a .tar (tar-of-tars or webdataset)")
+            raise ConfigError(f"{path}: a single file source must be a .tar (tar-of-tars or webdataset)")
         with fs.open(path, "rb") as f:
             with tarfile.open(fileobj=f, mode="r|") as t:
                 first = next((m for m in t if m.isfile()), None)
@@ -382,7 +383,7 @@ def list_source(uri: str, *, layout: str = "auto", split: str | None = None, lab
                 val_labels: str | None = None, **storage_options: Any) -> Listing:
     """List a source deterministically (items sorted by key). See the module docstring."""
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
+        raise ConfigError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
     fs, path = url_to_fs(uri, **storage_options)
     if layout == "auto":
         layout = _detect(fs, path, split)
@@ -391,7 +392,7 @@ def list_source(uri: str, *, layout: str = "auto", split: str | None = None, lab
         split = split or "train"
         sub = f"{path}/{split}"
         if not fs.isdir(sub):
-            raise ValueError(f"{uri}: no {split}/ folder; choose --split from the folders present")
+            raise ConfigError(f"{uri}: no {split}/ folder; choose --split from the folders present")
         has_dirs = any(e["type"] == "directory" for e in fs.ls(sub, detail=True))
         if has_dirs:
             lst = _folder(fs, sub, uri=uri, layout="imagenet", split=split, key_prefix=f"{split}/",

@@ -12,15 +12,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from .errors import CheckpointError
+
 __all__ = ["read_flax_msgpack", "write_flax_msgpack", "flatten_tree", "CheckpointError"]
 
 _EXT_NDARRAY = 1
 _EXT_NPSCALAR = 2
 _EXT_COMPLEX = 3
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: says which file, which parameter, what was expected."""
 
 
 def _ext_hook(code: int, data: bytes) -> Any:

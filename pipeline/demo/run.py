@@ -42,7 +42,8 @@ import numpy as np
 
 from tokenizer.train import TrainConfig, train_preset
 
-from .demo_data import DemoDataConfig
+from pipeline.demo.data import DemoDataConfig
+from maskgit_core.errors import ConfigError
 
 __all__ = ["DemoSettings", "demo_settings", "DemoContext", "Stage", "StageRecord", "StageUnavailable",
            "StageSkipped", "STAGES", "run_demo", "write_report", "plot_curves", "save_grid",
@@ -143,7 +144,7 @@ class DemoContext:
 
 def save_grid(images: np.ndarray, path: Path, *, nrow: int, scale: int = 3) -> Path:
     """(B, H, W, 3) uint8 -> a PNG grid, upscaled ``scale`` x (nearest) so 32 px images are visible."""
-    from .generate import make_grid, save_png
+    from pipeline.generate import make_grid, save_png
 
     grid = make_grid(images, nrow=nrow)
     return save_png(np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1), path)
@@ -176,7 +177,7 @@ def plot_curves(path: Path, series: dict[str, tuple[list[float], list[float]]], 
 
 def stage_make_dataset(ctx: DemoContext) -> None:
     """Write the built-in dataset to OUT/data (ImageNet layout, JPEG) and a grid of it."""
-    from .demo_data import make_demo_dataset
+    from pipeline.demo.data import make_demo_dataset
     from PIL import Image
 
     ds = make_demo_dataset(ctx.out / "data", ctx.settings.data)
@@ -275,7 +276,7 @@ def _require_module(name: str, what: str) -> None:
 def stage_tokenize(ctx: DemoContext) -> None:
     """Hook (issue 3): tokenize ``paths["data"]`` (train and val) with the Ray job and
     ``paths["tokenizer"]``; set ``paths["tokens"]`` and ``metrics["tokenize"]``."""
-    from .demo_stages import tokenize  # late import: demo_stages imports this module
+    from pipeline.demo.stages import tokenize  # late import: demo_stages imports this module
 
     tokenize(ctx)
 
@@ -283,7 +284,7 @@ def stage_tokenize(ctx: DemoContext) -> None:
 def stage_verify(ctx: DemoContext) -> None:
     """Hook (issue 3): verify ``paths["tokens"]`` against ``paths["data"]`` (exactly once);
     set ``metrics["verify"]``."""
-    from .demo_stages import verify  # late import: demo_stages imports this module
+    from pipeline.demo.stages import verify  # late import: demo_stages imports this module
 
     verify(ctx)
 
@@ -291,28 +292,28 @@ def stage_verify(ctx: DemoContext) -> None:
 def stage_train_mvtm(ctx: DemoContext) -> None:
     """Hook (issue 4): train MVTM on ``paths["tokens"]`` through the deepspeed launcher on 2 CPU
     ranks; set ``paths["mvtm"]`` and ``metrics["train_mvtm"]`` (with a loss history for a curve)."""
-    from .demo_stages import train_mvtm  # late import: demo_stages imports this module
+    from pipeline.demo.stages import train_mvtm  # late import: demo_stages imports this module
 
     train_mvtm(ctx)
 
 
 def stage_train_ar(ctx: DemoContext) -> None:
     """Hook (issue 4): the same-size causal AR baseline, same tokens, same steps; set ``paths["ar"]``."""
-    from .demo_stages import train_ar  # late import: demo_stages imports this module
+    from pipeline.demo.stages import train_ar  # late import: demo_stages imports this module
 
     train_ar(ctx)
 
 
 def stage_sample(ctx: DemoContext) -> None:
     """Hook (issue 5): samples per class and the step-by-step decoding grid from ``paths["mvtm"]``."""
-    from .demo_stages import sample  # late import: demo_stages imports this module
+    from pipeline.demo.stages import sample  # late import: demo_stages imports this module
 
     sample(ctx)
 
 
 def stage_edit(ctx: DemoContext) -> None:
     """Hook (issue 5): inpaint, outpaint and class-conditional replace, before/after grids."""
-    from .demo_stages import edit  # late import: demo_stages imports this module
+    from pipeline.demo.stages import edit  # late import: demo_stages imports this module
 
     edit(ctx)
 
@@ -320,7 +321,7 @@ def stage_edit(ctx: DemoContext) -> None:
 def stage_evaluate(ctx: DemoContext) -> None:
     """Hook (issue 5): FID-proxy and CAS of MaskGIT (T=8) vs AR, decode time per image, FID-proxy
     vs steps per mask schedule; fill ``ctx.claims`` verdicts and ``metrics["evaluate"]``."""
-    from .demo_stages import evaluate  # late import: demo_stages imports this module
+    from pipeline.demo.stages import evaluate  # late import: demo_stages imports this module
 
     evaluate(ctx)
 
@@ -414,7 +415,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, progress: Calla
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory; pass a directory for the report")
+        raise ConfigError(f"--out {out} exists and is not a directory; pass a directory for the report")
     out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out=out, settings=settings or demo_settings(quick), progress=progress)
     ctx.claims = [{"claim": c, "measured": "not measured in this build", "verdict": "not measured"}

@@ -22,6 +22,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from maskgit_core.errors import ConfigError, DecodeError
+
 __all__ = ["AUGMENTATIONS", "view_names", "decode_rgb", "center_crop_arr", "make_views", "preprocess_bytes",
            "DecodeError"]
 
@@ -29,15 +31,11 @@ AUGMENTATIONS = ("hflip", "tencrop")
 _TEN = ("tl", "tr", "bl", "br", "c")
 
 
-class DecodeError(ValueError):
-    """An image whose bytes cannot be turned into RGB pixels; the message is the report's reason."""
-
-
 def view_names(augmentations: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:
     """The stored views, in order: always ``center`` first, then the augmentations' views."""
     unknown = [a for a in augmentations if a not in AUGMENTATIONS]
     if unknown:
-        raise ValueError(f"unknown augmentation(s) {unknown}; choose from {list(AUGMENTATIONS)}")
+        raise ConfigError(f"unknown augmentation(s) {unknown}; choose from {list(AUGMENTATIONS)}")
     views = ["center"]
     if "hflip" in augmentations:
         views.append("center_hflip")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .shards import ShardError, join, read_manifest, read_shard, url_to_fs
+from pipeline.data.shards import ShardError, join, read_manifest, read_shard, url_to_fs
 
 __all__ = ["VerifyReport", "verify_dataset", "read_error_report", "tokens_of"]
 
@@ -117,7 +117,7 @@ def verify_dataset(out: str, *, source: str | None = None, layout: str = "auto",
                 f"{len(keys) + len(errors)}")
 
     if source is not None:
-        from .sources import list_source
+        from pipeline.data.sources import list_source
 
         lst = list_source(source, layout=layout if layout != "auto" else m.source.get("layout", "auto"),
                           split=split or m.source.get("split"),

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .flax_msgpack import CheckpointError
+from .errors import CheckpointError
 
 __all__ = ["save_checkpoint_dir", "read_checkpoint_dir", "file_sha256", "resolve_checkpoint_dir",
            "check_state_dict", "dataclass_from_dict", "load_model_dir", "FORMAT_VERSION"]

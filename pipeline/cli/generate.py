@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+from maskgit_core.errors import ConfigError
 
 __all__ = ["register"]
 
@@ -14,9 +15,9 @@ def _labels(classes: str, n: int) -> list[int]:
     try:
         cls = [int(c) for c in classes.split(",") if c.strip()]
     except ValueError:
-        raise ValueError(f"--classes {classes!r} must be comma-separated integers, e.g. 1,207,980") from None
+        raise ConfigError(f"--classes {classes!r} must be comma-separated integers, e.g. 1,207,980") from None
     if not cls or n <= 0:
-        raise ValueError("--classes needs at least one label and --n must be positive")
+        raise ConfigError("--classes needs at least one label and --n must be positive")
     return [c for c in cls for _ in range(n)]
 
 
@@ -65,15 +66,15 @@ def sample_cmd(checkpoint, tokenizer_dir, classes, n, steps, schedule, seed, cho
     """
     import torch
 
-    from .generate import ar_sample_images, load_pair, make_grid, sample_images, save_png, step_progression, to_uint8
+    from pipeline.generate import ar_sample_images, load_pair, make_grid, sample_images, save_png, step_progression, to_uint8
 
     labels = _labels(classes, n)
     model, vq = load_pair(checkpoint, tokenizer_dir, device=_device(device))
     if ar != model.config.causal:
-        raise ValueError(f"--ar {'given' if ar else 'missing'} but the checkpoint is "
-                         f"{'causal (AR baseline): add --ar' if model.config.causal else 'a MaskGIT model: drop --ar'}")
+        raise ConfigError(f"--ar {'given' if ar else 'missing'} but the checkpoint is "
+                          f"{'causal (AR baseline): add --ar' if model.config.causal else 'a MaskGIT model: drop --ar'}")
     if save_steps and ar:
-        raise ValueError("--save-steps shows MaskGIT's parallel steps; it does not apply to --ar")
+        raise ConfigError("--save-steps shows MaskGIT's parallel steps; it does not apply to --ar")
     out = Path(out)
     img_dir = out.with_suffix("")
     all_imgs = []
@@ -134,7 +135,7 @@ def _edit_common(f):
 
 
 def _load_for_edit(checkpoint, tokenizer_dir, image, device):
-    from .generate import load_image, load_pair
+    from pipeline.generate import load_image, load_pair
 
     model, vq = load_pair(checkpoint, tokenizer_dir, device=_device(device))
     img, rule = load_image(image, vq.config.image_size)
@@ -143,7 +144,7 @@ def _load_for_edit(checkpoint, tokenizer_dir, image, device):
 
 
 def _write_edit(res, out) -> None:
-    from .generate import save_png
+    from pipeline.generate import save_png
 
     save_png(np.clip(np.rint(res.image * 255), 0, 255).astype(np.uint8), out)
     click.echo(f"wrote {out} ({int(res.token_mask.sum())} tokens regenerated)")
@@ -164,7 +165,7 @@ def replace_cmd(checkpoint, tokenizer_dir, image, label, seed, schedule, device,
     """
     from transformer.editing import parse_bbox
 
-    from .generate import edit_replace
+    from pipeline.generate import edit_replace
 
     model, vq, img = _load_for_edit(checkpoint, tokenizer_dir, image, device)
     _write_edit(edit_replace(model, vq, img, parse_bbox(bbox), label, steps=steps, start_iter=start_iter,
@@ -187,14 +188,14 @@ def inpaint_cmd(checkpoint, tokenizer_dir, image, label, seed, schedule, device,
       maskgit-pipeline edit inpaint --checkpoint ckpt/ --tokenizer ckpt/ --image in.png \\
           --mask hole.png --class 3 --out filled.png
     """
-    from .generate import edit_inpaint, load_mask
+    from pipeline.generate import edit_inpaint, load_mask
 
     from PIL import Image
 
     with Image.open(image) as im, Image.open(mask_path) as mk:
         if im.size != mk.size:
-            raise ValueError(f"--mask is {mk.size[0]}x{mk.size[1]} but --image is {im.size[0]}x{im.size[1]}; "
-                             f"draw the mask at the image's size (both get the same resize/crop)")
+            raise ConfigError(f"--mask is {mk.size[0]}x{mk.size[1]} but --image is {im.size[0]}x{im.size[1]}; "
+                              f"draw the mask at the image's size (both get the same resize/crop)")
     model, vq, img = _load_for_edit(checkpoint, tokenizer_dir, image, device)
     mask, _ = load_mask(mask_path, vq.config.image_size)
     _write_edit(edit_inpaint(model, vq, img, mask, label, steps=steps, schedule=schedule, seed=seed,
@@ -218,7 +219,7 @@ def outpaint_cmd(checkpoint, tokenizer_dir, image, label, seed, schedule, device
     """
     from transformer.editing import parse_extend
 
-    from .generate import edit_outpaint
+    from pipeline.generate import edit_outpaint
 
     model, vq, img = _load_for_edit(checkpoint, tokenizer_dir, image, device)
     _write_edit(edit_outpaint(model, vq, img, parse_extend(extend), label, steps=steps, schedule=schedule,
@@ -248,11 +249,11 @@ def eval_cmd(generated, reference, classifier_dir, inception_path, train_classif
     Example:
       maskgit-pipeline eval --generated gen.npz --reference val.npz --classifier clf/ --train-classifier
     """
-    from . import evaluation as ev
+    from pipeline import evaluation as ev
 
     if (classifier_dir is None) == (inception_path is None):
-        raise ValueError("pass exactly one feature extractor: --classifier DIR (the project's proxy) or "
-                         "--inception FILE (local FID InceptionV3 weights)")
+        raise ConfigError("pass exactly one feature extractor: --classifier DIR (the project's proxy) or "
+                          "--inception FILE (local FID InceptionV3 weights)")
     ref_imgs, ref_labels, ref_stats = None, None, None
     ref_path = Path(reference)
     if ref_path.is_file():
@@ -262,15 +263,15 @@ def eval_cmd(generated, reference, classifier_dir, inception_path, train_classif
     else:
         ref_imgs, ref_labels = ev.load_image_set(ref_path)
     if inception_path:
-        from .evaluation.inception import load_inception
+        from pipeline.evaluation.inception import load_inception
 
         if train_classifier:
-            raise ValueError("--train-classifier trains the proxy; it does not apply with --inception")
+            raise ConfigError("--train-classifier trains the proxy; it does not apply with --inception")
         clf = load_inception(inception_path)
     elif train_classifier:
         if ref_imgs is None or ref_labels is None:
-            raise ValueError("--train-classifier needs labelled real images in --reference (an .npz with images "
-                             "and labels, or a folder with labels.txt)")
+            raise ConfigError("--train-classifier needs labelled real images in --reference (an .npz with images "
+                              "and labels, or a folder with labels.txt)")
         clf = ev.train_feature_classifier(ref_imgs, ref_labels, epochs=epochs)
         ev.save_classifier(clf, classifier_dir)
         click.echo(f"trained proxy classifier {clf.name} -> {classifier_dir}")

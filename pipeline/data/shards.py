@@ -24,20 +24,22 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from maskgit_core.errors import ConfigError, ShardError
+
+from .storage import join, put_bytes_atomic, url_to_fs
+
 __all__ = ["FORMAT_VERSION", "MANIFEST", "TokenizerInfo", "ShardInfo", "Manifest", "ShardRows",
-           "url_to_fs", "join", "write_manifest", "read_manifest", "write_parquet_shard",
+           "write_manifest", "read_manifest", "write_parquet_shard",
            "write_webdataset_shard", "read_shard", "iter_parquet_batches", "check_compatible",
-           "ShardError", "shard_relpath", "put_bytes_atomic", "read_shard_bytes", "iter_ustar"]
+           "ShardError", "shard_relpath", "read_shard_bytes", "iter_ustar"]
 
 log = logging.getLogger(__name__)
 
@@ -46,48 +48,6 @@ MANIFEST = "manifest.json"
 KIND = "maskgit-token-dataset"
 ROW_GROUP = 4096
 FORMATS = ("parquet", "webdataset")
-
-
-class ShardError(ValueError):
-    """A token dataset or shard that cannot be used; the message says where and what to do."""
-
-
-# ---------------------------------------------------------------- filesystems
-
-def url_to_fs(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path) for a local path or an fsspec URL (s3://, gs://, ...).
-
-    For S3-compatible servers the endpoint comes from ``AWS_ENDPOINT_URL`` (or
-    ``storage_options={'client_kwargs': {'endpoint_url': ...}}``).
-    """
-    url = os.fspath(url)
-    if url.startswith("s3://") and "client_kwargs" not in storage_options and os.environ.get("AWS_ENDPOINT_URL"):
-        storage_options["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
-    fs, path = fsspec.core.url_to_fs(url, **storage_options)
-    return fs, path.rstrip("/") if path not in ("/", "") else path
-
-
-def join(root: str, rel: str) -> str:
-    return f"{root.rstrip('/')}/{rel}" if root else rel
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-
-
-def put_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see all of it or nothing."""
-    parent = path.rsplit("/", 1)[0]
-    if _is_local(fs):
-        os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)  # one PUT: an object store object appears whole or not at all
 
 
 def _sha256(data: bytes) -> str:
@@ -117,7 +77,7 @@ class TokenizerInfo:
 
     def __post_init__(self) -> None:
         if self.codebook_size < 2 or self.latent_h <= 0 or self.latent_w <= 0 or not self.augmentations:
-            raise ValueError(f"invalid TokenizerInfo: {self}")
+            raise ConfigError(f"invalid TokenizerInfo: {self}")
         object.__setattr__(self, "augmentations", tuple(self.augmentations))
 
     @property
@@ -187,7 +147,7 @@ class Manifest:
     def shards_of(self, fmt: str) -> list[ShardInfo]:
         """Shards of one format in unit order."""
         if fmt not in FORMATS:
-            raise ValueError(f"unknown shard format {fmt!r}; choose one of {list(FORMATS)}")
+            raise ConfigError(f"unknown shard format {fmt!r}; choose one of {list(FORMATS)}")
         out = sorted((s for s in self.shards if s.format == fmt), key=lambda s: s.unit)
         if not out:
             raise ShardError(f"dataset has no {fmt} shards (it has {self.formats}); pick --format "
@@ -269,8 +229,8 @@ class ShardRows:
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if self.tokens.ndim != 4 or len(self.keys) != len(self.labels) or len(self.keys) != len(self.tokens):
-            raise ValueError(f"ShardRows: keys {len(self.keys)}, labels {self.labels.shape}, tokens "
-                             f"{self.tokens.shape} (expected (N, n_aug, h, w)) do not agree")
+            raise ConfigError(f"ShardRows: keys {len(self.keys)}, labels {self.labels.shape}, tokens "
+                              f"{self.tokens.shape} (expected (N, n_aug, h, w)) do not agree")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -284,9 +244,9 @@ def shard_relpath(fmt: str, unit: int) -> str:
 def _check_rows(rows: ShardRows, info: TokenizerInfo) -> np.ndarray:
     want = (info.n_aug, info.latent_h, info.latent_w)
     if len(rows) and tuple(rows.tokens.shape[1:]) != want:
-        raise ValueError(f"tokens have shape {rows.tokens.shape[1:]}, the tokenizer info says {want}")
+        raise ConfigError(f"tokens have shape {rows.tokens.shape[1:]}, the tokenizer info says {want}")
     if len(rows) and (rows.tokens.min() < 0 or rows.tokens.max() >= info.codebook_size):
-        raise ValueError(f"token ids outside [0, {info.codebook_size})")
+        raise ConfigError(f"token ids outside [0, {info.codebook_size})")
     return rows.tokens.astype(info.token_dtype, copy=False)
 
 

@@ -29,7 +29,7 @@ def train_cmd(data, out, nproc, objective, config, ds_config, resume, master_por
     Example:
       maskgit-pipeline train tokens/ --out runs/debug --nproc 2 --config jobs/train_debug.json -s steps=40
     """
-    from .train_loop import run_training
+    from pipeline.train.launcher import run_training
 
     summary = run_training(data=data, out=out, nproc=nproc, objective=objective, config=config,
                            ds_config=ds_config, resume=resume or None, overrides=list(overrides),
@@ -48,7 +48,7 @@ def train_export_cmd(run_dir, out, tag) -> None:
     Example:
       maskgit-pipeline train-export runs/debug --out ckpt/transformer
     """
-    from .train_loop import export_run
+    from pipeline.train.export import export_run
 
     click.echo(str(export_run(run_dir, out, tag=tag)))
 

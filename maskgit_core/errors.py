@@ -1,0 +1,29 @@
+"""The project's exception types: one base, so the CLI and the job entry points can turn every
+error a user can cause into one clear line, while any other exception keeps its traceback.
+
+All derive from ``ValueError`` as well, so code that caught ``ValueError`` before keeps working.
+"""
+from __future__ import annotations
+
+__all__ = ["MaskGITError", "ConfigError", "CheckpointError", "ShardError", "DecodeError"]
+
+
+class MaskGITError(ValueError):
+    """Base of every error this project raises on purpose; the message says what is wrong,
+    where, and what to do."""
+
+
+class ConfigError(MaskGITError):
+    """A setting, flag or argument outside its allowed values (names the flag and the range)."""
+
+
+class CheckpointError(MaskGITError):
+    """A checkpoint file that cannot be used: says which file, which parameter, what was expected."""
+
+
+class ShardError(MaskGITError):
+    """A token dataset or shard that cannot be used; the message says where and what to do."""
+
+
+class DecodeError(MaskGITError):
+    """An image whose bytes cannot be decoded (it goes to the error report with this reason)."""

@@ -1,0 +1,4 @@
+"""``python -m pipeline.cli`` = ``maskgit-pipeline``."""
+from pipeline.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The embedded demo: the whole pipeline offline on a built-in dataset, with a report."""
