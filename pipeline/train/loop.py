@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,24 +89,29 @@ def sample_grid(model: torch.nn.Module, *, objective: str, tokenizer=None, n: in
     return torch.cat(list(images.float()), dim=2)  # (3, H, n*W)
 
 
-def _write_metrics(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+@dataclass
+class _Engine:
+    """The DeepSpeed engine of a run with what the loop needs to know about it."""
+
+    engine: Any
+    scheduler: Any
+    ema: "_Ema | None"
+    model_cfg: transformer.TransformerConfig
+    null_label: int | None
+    micro: int
+    """Micro-batch per rank."""
+    accum: int
+    """Gradient accumulation steps."""
+    zero_stage: int
 
 
-def train(cfg: TrainConfig, ds_config: dict[str, Any], *, resume: str | None = None) -> dict[str, Any]:
-    """Run (or resume) training under an initialised torch.distributed; return a summary (rank 0)."""
+def _build_engine(cfg: TrainConfig, ds_config: dict[str, Any], *, world: int) -> _Engine:
+    """The model, its AdamW parameter groups (no decay on biases/norms) and the LR schedule, under DeepSpeed."""
     import deepspeed
-    import torch.distributed as dist
 
-    rank, world = dist.get_rank(), dist.get_world_size()
-    out = Path(cfg.out)
-    ckpt_root = out / "checkpoints"
     mcfg = cfg.model_config()
     ocfg = cfg.objective_config()
     ocfg.check_model(mcfg)
-    null_label = ocfg.resolved_null_label(mcfg)
-
     ds = dict(ds_config)
     if cfg.universal:
         ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
@@ -127,125 +133,191 @@ def train(cfg: TrainConfig, ds_config: dict[str, Any], *, resume: str | None = N
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=groups, config=ds,
                                                    lr_scheduler=sched)
     ema = _Ema(engine.module, cfg.ema_decay) if cfg.ema_decay else None
+    return _Engine(engine, scheduler, ema, mcfg, ocfg.resolved_null_label(mcfg), micro, accum, zero_stage)
 
+
+def _resume(run: _Engine, ckpt_root: Path, resume: str | None, *, rank: int, world: int) -> dict[str, int]:
+    """The loop state ``{step, micro_step, samples_seen}`` after loading ``resume`` ('auto' = the newest
+    complete checkpoint, a tag, or a path); zeros when there is nothing to resume."""
     state = {"step": 0, "micro_step": 0, "samples_seen": 0}
     tag = find_resume(ckpt_root) if resume == "auto" else resume
-    if tag:
-        load_dir = str(ckpt_root) if resume == "auto" or not os.path.isabs(tag) else str(Path(tag).parent)
-        path, client = engine.load_checkpoint(load_dir, tag=Path(tag).name)
-        if path is None:
-            raise ConfigError(f"could not load checkpoint {tag!r} from {load_dir}")
-        state = {k: int(client[k]) for k in state}
-        if ema is not None and "ema" in client:
-            ema.shadow = {k: v.float() for k, v in client["ema"].items()}
-        if rank == 0:
-            log.info("resumed %s: step %d, stream at global sample %d (saved by %d ranks, now %d)", tag,
-                     state["step"], state["samples_seen"], client.get("world_size", -1), world)
+    if not tag:
+        return state
+    load_dir = str(ckpt_root) if resume == "auto" or not os.path.isabs(tag) else str(Path(tag).parent)
+    path, client = run.engine.load_checkpoint(load_dir, tag=Path(tag).name)
+    if path is None:
+        raise ConfigError(f"could not load checkpoint {tag!r} from {load_dir}")
+    state = {k: int(client[k]) for k in state}
+    if run.ema is not None and "ema" in client:
+        run.ema.shadow = {k: v.float() for k, v in client["ema"].items()}
+    if rank == 0:
+        log.info("resumed %s: step %d, stream at global sample %d (saved by %d ranks, now %d)", tag,
+                 state["step"], state["samples_seen"], client.get("world_size", -1), world)
+    return state
 
-    stream = TokenStream(StreamConfig(data=cfg.data, batch_size=micro, format=cfg.format, seed=cfg.seed,
+
+def _loader(cfg: TrainConfig, run: _Engine, *, rank: int, world: int, start: int):
+    """This rank's token stream from global sample ``start`` and its DataLoader."""
+    stream = TokenStream(StreamConfig(data=cfg.data, batch_size=run.micro, format=cfg.format, seed=cfg.seed,
                                       block_size=cfg.block_size, shuffle_buffer=cfg.shuffle_buffer,
                                       skip_bad_shards=cfg.skip_bad_shards),
-                         codebook_size=mcfg.codebook_size, latent_size=mcfg.latent_size,
-                         num_classes=mcfg.num_classes - (1 if null_label is not None else 0),
-                         rank=rank, world_size=world, start=state["samples_seen"])
+                         codebook_size=run.model_cfg.codebook_size, latent_size=run.model_cfg.latent_size,
+                         num_classes=run.model_cfg.num_classes - (1 if run.null_label is not None else 0),
+                         rank=rank, world_size=world, start=start)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.num_workers,
                                          persistent_workers=cfg.num_workers > 0)
-    writer = None
-    metrics = out / "metrics.jsonl"
+    return stream, loader
+
+
+def _save(cfg: TrainConfig, run: _Engine, ckpt_root: Path, state: dict[str, int], *, rank: int, world: int) -> None:
+    """Every rank saves; rank 0 writes COMPLETE once all have, then drops the oldest complete tags."""
+    import shutil
+
+    import torch.distributed as dist
+
+    step = state["step"]
+    client = {**state, "world_size": world, "seed": cfg.seed, "rng": torch.get_rng_state(),
+              "format": cfg.format, "objective": cfg.objective}
+    if run.ema is not None:
+        client["ema"] = run.ema.shadow
+    run.engine.save_checkpoint(str(ckpt_root), tag=tag_name(step), client_state=client, save_latest=False)
+    dist.barrier()
     if rank == 0:
+        (ckpt_root / tag_name(step) / COMPLETE).write_text(json.dumps({"step": step, **state}))
+        done = sorted(p for p in ckpt_root.iterdir() if (p / COMPLETE).is_file())
+        for old in done[:-cfg.keep_last]:
+            (old / COMPLETE).unlink()
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+class _Meter:
+    """Metrics between log steps: loss and accuracy of the last optimizer step (summed over its
+    micro-steps on the device: no host sync per micro-step), and the samples, stream-index range and
+    sample-id sum since the last log step (the coverage checks of the tests)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.step_sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss / accum, correct, scored
+        self.last = self.step_sums.clone()
+        self.zero_log()
+
+    def zero_log(self) -> None:
+        self.t0, self.samples = time.perf_counter(), 0
+        self.idx_min, self.idx_max, self.id_sum = math.inf, -1, 0
+
+    def add(self, o, batch: dict[str, torch.Tensor], accum: int) -> None:
+        self.step_sums[0] += o.loss.detach().double() / accum
+        self.step_sums[1] += torch.as_tensor(o.correct, dtype=torch.float64, device=self.device)
+        self.step_sums[2] += torch.as_tensor(o.scored, dtype=torch.float64, device=self.device)
+        self.idx_min = min(self.idx_min, int(batch["index"].min()))
+        self.idx_max = max(self.idx_max, int(batch["index"].max()))
+        self.id_sum += int(batch["sample_id"].sum())
+        self.samples += len(batch["index"])
+
+    def end_step(self) -> None:
+        self.last, self.step_sums = self.step_sums, torch.zeros_like(self.step_sums)
+
+    def row(self, run: _Engine, state: dict[str, int], *, world: int) -> dict[str, Any]:
+        """All-reduce over ranks (every rank calls this) and the metrics row (used on rank 0)."""
+        import torch.distributed as dist
+
+        t = torch.cat([self.last.cpu(), torch.tensor([self.samples, self.id_sum], dtype=torch.float64)])
+        dist.all_reduce(t)
+        lo = torch.tensor([-self.idx_min, self.idx_max], dtype=torch.float64)
+        dist.all_reduce(lo, op=dist.ReduceOp.MAX)
+        dt = time.perf_counter() - self.t0
+        samples = float(t[3])
+        self.zero_log()
+        return {"step": state["step"], "loss": float(t[0]) / world, "masked_acc": float(t[1] / max(t[2], 1)),
+                "lr": run.scheduler.get_last_lr()[0], "samples_seen": state["samples_seen"],
+                "index_min": int(-lo[0]), "index_max": int(lo[1]), "sample_id_sum": int(t[4]),
+                "samples_per_s": samples / dt, "tokens_per_s": samples * run.model_cfg.seq_len / dt,
+                "world_size": world}
+
+
+class _Logger:
+    """Rank 0's outputs: train_config.json, metrics.jsonl, TensorBoard scalars and sample grids."""
+
+    def __init__(self, cfg: TrainConfig, out: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"))
-        if stream.skipped_samples:
-            log.warning("skipping %d samples of bad shards", stream.skipped_samples)
+        self.cfg, self.metrics, self.writer, self.tokenizer = cfg, out / "metrics.jsonl", SummaryWriter(str(out / "tb")), None
 
-    def save(step: int) -> None:
-        client = {**state, "world_size": world, "seed": cfg.seed, "rng": torch.get_rng_state(),
-                  "format": cfg.format, "objective": cfg.objective}
-        if ema is not None:
-            client["ema"] = ema.shadow
-        engine.save_checkpoint(str(ckpt_root), tag=tag_name(step), client_state=client, save_latest=False)
-        dist.barrier()
-        if rank == 0:
-            (ckpt_root / tag_name(step) / COMPLETE).write_text(json.dumps({"step": step, **state}))
-            done = sorted(p for p in ckpt_root.iterdir() if (p / COMPLETE).is_file())
-            for old in done[:-cfg.keep_last]:
-                (old / COMPLETE).unlink()
-                import shutil
-                shutil.rmtree(old, ignore_errors=True)
-        dist.barrier()
+    def log(self, row: dict[str, Any]) -> None:
+        with self.metrics.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k in ("loss", "masked_acc", "lr", "samples_per_s", "tokens_per_s"):
+            self.writer.add_scalar(f"train/{k}", row[k], row["step"])
+        log.info("step %d loss %.4f acc %.3f lr %.2e %.0f samples/s", row["step"], row["loss"],
+                 row["masked_acc"], row["lr"], row["samples_per_s"])
 
+    def samples(self, run: _Engine, step: int) -> None:
+        if run.zero_stage >= 3:
+            log.warning("sample_every needs full parameters on rank 0; not sampling under ZeRO-3")
+            return
+        if self.tokenizer is None and self.cfg.sample_tokenizer:
+            import tokenizer as tokenizer_pkg
+            self.tokenizer = tokenizer_pkg.load(self.cfg.sample_tokenizer)
+        grid = sample_grid(run.engine.module, objective=self.cfg.objective, tokenizer=self.tokenizer,
+                           null_label=run.null_label)
+        self.writer.add_image("samples", grid, step)
+
+
+def train(cfg: TrainConfig, ds_config: dict[str, Any], *, resume: str | None = None) -> dict[str, Any]:
+    """Run (or resume) training under an initialised torch.distributed; return a summary (rank 0)."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out = Path(cfg.out)
+    ckpt_root = out / "checkpoints"
+    run = _build_engine(cfg, ds_config, world=world)
+    state = _resume(run, ckpt_root, resume, rank=rank, world=world)
+    stream, loader = _loader(cfg, run, rank=rank, world=world, start=state["samples_seen"])
+    logger = _Logger(cfg, out) if rank == 0 else None
+    if logger is not None and stream.skipped_samples:
+        log.warning("skipping %d samples of bad shards", stream.skipped_samples)
+
+    engine, ocfg = run.engine, cfg.objective_config()
     engine.train()
-    net = _ConfiguredEngine(engine, mcfg)
-    tokenizer = None
+    net = _ConfiguredEngine(engine, run.model_cfg)
+    meter = _Meter(engine.device)
     start_step = state["step"]
-    acc_loss = acc_correct = acc_scored = 0.0
-    idx_min, idx_max, id_sum = math.inf, -1, 0
-    t0, step_samples = time.perf_counter(), 0
     it = iter(loader)
     while state["step"] < cfg.steps and (cfg.stop_after is None or state["step"] - start_step < cfg.stop_after):
         batch = next(it)
         torch.manual_seed(_seed(cfg.seed, state["micro_step"], rank))  # dropout
         gen = torch.Generator(device=engine.device).manual_seed(_seed(cfg.seed, int(batch["index"][0]), 7))
-        images = batch["images"].to(engine.device)
-        labels = batch["labels"].to(engine.device)
-        o = compute_objective(net, images, labels, ocfg, generator=gen)
+        o = compute_objective(net, batch["images"].to(engine.device), batch["labels"].to(engine.device), ocfg,
+                              generator=gen)
         engine.backward(o.loss)
         engine.step()
         state["micro_step"] += 1
-        state["samples_seen"] += micro * world
-        acc_loss += float(o.loss.detach()) / accum
-        acc_correct += float(o.correct)
-        acc_scored += float(o.scored)
-        idx_min, idx_max = min(idx_min, int(batch["index"].min())), max(idx_max, int(batch["index"].max()))
-        id_sum += int(batch["sample_id"].sum())
-        step_samples += len(images)
-        if state["micro_step"] % accum != 0:
+        state["samples_seen"] += run.micro * world
+        meter.add(o, batch, run.accum)
+        if state["micro_step"] % run.accum != 0:
             continue
         state["step"] += 1
-        if ema is not None:
-            ema.update(engine.module)
+        meter.end_step()
+        if run.ema is not None:
+            run.ema.update(engine.module)
         if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
-            t = torch.tensor([acc_loss, acc_correct, acc_scored, step_samples, id_sum], dtype=torch.float64)
-            dist.all_reduce(t)
-            lo = torch.tensor([-idx_min, idx_max], dtype=torch.float64)
-            dist.all_reduce(lo, op=dist.ReduceOp.MAX)
-            if rank == 0:
-                dt = time.perf_counter() - t0
-                samples = float(t[3])
-                row = {"step": state["step"], "loss": float(t[0]) / world, "masked_acc": float(t[1] / max(t[2], 1)),
-                       "lr": scheduler.get_last_lr()[0], "samples_seen": state["samples_seen"],
-                       "index_min": int(-lo[0]), "index_max": int(lo[1]), "sample_id_sum": int(t[4]),
-                       "samples_per_s": samples / dt, "tokens_per_s": samples * mcfg.seq_len / dt,
-                       "world_size": world}
-                _write_metrics(metrics, row)
-                for k in ("loss", "masked_acc", "lr", "samples_per_s", "tokens_per_s"):
-                    writer.add_scalar(f"train/{k}", row[k], state["step"])
-                log.info("step %d loss %.4f acc %.3f lr %.2e %.0f samples/s", row["step"], row["loss"],
-                         row["masked_acc"], row["lr"], row["samples_per_s"])
-            t0, step_samples = time.perf_counter(), 0
-            idx_min, idx_max, id_sum = math.inf, -1, 0
-        acc_loss = acc_correct = acc_scored = 0.0
-        if cfg.sample_every and state["step"] % cfg.sample_every == 0 and rank == 0:
-            if zero_stage >= 3:
-                log.warning("sample_every needs full parameters on rank 0; not sampling under ZeRO-3")
-            else:
-                if tokenizer is None and cfg.sample_tokenizer:
-                    import tokenizer as tokenizer_pkg
-                    tokenizer = tokenizer_pkg.load(cfg.sample_tokenizer)
-                grid = sample_grid(engine.module, objective=cfg.objective,
-                                   tokenizer=tokenizer, null_label=null_label)
-                writer.add_image("samples", grid, state["step"])
+            row = meter.row(run, state, world=world)
+            if logger is not None:
+                logger.log(row)
+        if cfg.sample_every and state["step"] % cfg.sample_every == 0 and logger is not None:
+            logger.samples(run, state["step"])
         if state["step"] % cfg.save_every == 0 or state["step"] == cfg.steps:
-            save(state["step"])
+            _save(cfg, run, ckpt_root, state, rank=rank, world=world)
     summary = {"step": state["step"], "samples_seen": state["samples_seen"], "skipped_samples": stream.skipped_samples}
     if state["step"] >= cfg.steps:
         export_dir = export_checkpoint(cfg, str(ckpt_root), tag_name(state["step"]), out / "export", engine=engine,
-                                       ema=ema, zero_stage=zero_stage)
+                                       ema=run.ema, zero_stage=run.zero_stage)
         summary["export"] = str(export_dir)
-    if writer is not None:
-        writer.close()
+    if logger is not None:
+        logger.writer.close()
     return summary
 
 
