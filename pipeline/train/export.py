@@ -9,7 +9,7 @@ import torch
 import transformer
 from maskgit_core.errors import CheckpointError
 
-from pipeline.train.checkpoint import COMPLETE, find_resume
+from pipeline.train.checkpoint import COMPLETE, check_loadable_safely, find_resume
 from pipeline.train.config import TrainConfig, load_train_config
 
 __all__ = ["export_checkpoint", "export_run", "save_export"]
@@ -51,8 +51,9 @@ def export_checkpoint(cfg: TrainConfig, ckpt_root: str, tag: str, out: str | os.
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, tag: str | None = None) -> Path:
     """Export a run's checkpoint (newest complete one by default) to safetensors + config.json.
 
-    ZeRO-0 checkpoints are read with ``torch.load(weights_only=True)``; ZeRO >= 1 through
-    DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint``. EMA weights win when present.
+    Every file of the tag must pass a weights-only load first (a crafted run directory cannot run
+    code); ZeRO-0 weights are read that way, ZeRO >= 1 through DeepSpeed's
+    ``get_fp32_state_dict_from_zero_checkpoint``. EMA weights win when present.
     """
     run = Path(run_dir)
     cfg_path = run / "train_config.json"
@@ -64,6 +65,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, tag: str |
     if tag is None or not (root / tag / COMPLETE).is_file():
         raise CheckpointError(f"{root}: no complete checkpoint{f' {tag!r}' if tag else ''} (a checkpoint counts "
                               f"once its {COMPLETE} marker exists); train longer or pick another --tag")
+    check_loadable_safely(root / tag)  # before DeepSpeed's zero-to-fp32 helper unpickles anything
     states = torch.load(root / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
     stage = int(states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0))
     if "ema" in states:

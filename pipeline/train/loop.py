@@ -20,7 +20,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +32,11 @@ import transformer
 from transformer.objectives import compute_objective
 
 from pipeline.data.stream import StreamConfig, TokenStream
-from pipeline.train.checkpoint import COMPLETE, find_resume, tag_name
+from pipeline.train.checkpoint import (COMPLETE, check_loadable_safely, commit_tag, find_resume, prune,
+                                       resolve_resume, settings_difference, tag_name, temp_tag)
 from pipeline.train.config import TrainConfig, lr_factor
 from pipeline.train.export import export_checkpoint
-from maskgit_core.errors import ConfigError
+from maskgit_core.errors import CheckpointError, ConfigError
 
 __all__ = ["train", "sample_grid"]
 
@@ -136,17 +137,35 @@ def _build_engine(cfg: TrainConfig, ds_config: dict[str, Any], *, world: int) ->
     return _Engine(engine, scheduler, ema, mcfg, ocfg.resolved_null_label(mcfg), micro, accum, zero_stage)
 
 
-def _resume(run: _Engine, ckpt_root: Path, resume: str | None, *, rank: int, world: int) -> dict[str, int]:
+def run_settings(cfg: TrainConfig, model_cfg: transformer.TransformerConfig) -> dict[str, Any]:
+    """What a checkpoint means: a resume with other values would silently train something else."""
+    return {"seed": cfg.seed, "objective": cfg.objective, "data": cfg.data, "format": cfg.format,
+            "model": model_cfg.to_dict()}
+
+
+def _resume(cfg: TrainConfig, run: _Engine, ckpt_root: Path, resume: str | None, *, rank: int,
+            world: int) -> dict[str, int]:
     """The loop state ``{step, micro_step, samples_seen}`` after loading ``resume`` ('auto' = the newest
-    complete checkpoint, a tag, or a path); zeros when there is nothing to resume."""
+    complete checkpoint, a tag, or a path); zeros when there is nothing to resume. Refuses a checkpoint
+    that is incomplete, was made with other run settings, or holds more than tensors and plain data."""
     state = {"step": 0, "micro_step": 0, "samples_seen": 0}
-    tag = find_resume(ckpt_root) if resume == "auto" else resume
-    if not tag:
+    found = resolve_resume(ckpt_root, resume)
+    if found is None:
+        newest = find_resume(ckpt_root)
+        if newest is not None:
+            raise CheckpointError(f"{ckpt_root} already holds checkpoints (newest {newest}) and --resume is off: "
+                                  "continue them with --resume auto, or train into a new --out directory")
         return state
-    load_dir = str(ckpt_root) if resume == "auto" or not os.path.isabs(tag) else str(Path(tag).parent)
-    path, client = run.engine.load_checkpoint(load_dir, tag=Path(tag).name)
+    load_dir, tag = found
+    current = run_settings(cfg, run.model_cfg)
+    marker = json.loads((load_dir / tag / COMPLETE).read_text())
+    _check_settings(marker.get("settings", {}), current, load_dir / tag)
+    check_loadable_safely(load_dir / tag)
+    path, client = run.engine.load_checkpoint(str(load_dir), tag=tag)
     if path is None:
-        raise ConfigError(f"could not load checkpoint {tag!r} from {load_dir}")
+        raise CheckpointError(f"could not load checkpoint {tag!r} from {load_dir}")
+    _check_settings(client.get("settings", {k: client[k] for k in ("seed", "objective", "format") if k in client}),
+                    current, load_dir / tag)
     state = {k: int(client[k]) for k in state}
     if run.ema is not None and "ema" in client:
         run.ema.shadow = {k: v.float() for k, v in client["ema"].items()}
@@ -154,6 +173,13 @@ def _resume(run: _Engine, ckpt_root: Path, resume: str | None, *, rank: int, wor
         log.info("resumed %s: step %d, stream at global sample %d (saved by %d ranks, now %d)", tag,
                  state["step"], state["samples_seen"], client.get("world_size", -1), world)
     return state
+
+
+def _check_settings(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    diff = settings_difference(saved, current)
+    if diff:
+        raise CheckpointError(f"{where} was saved by a run with other settings ({'; '.join(diff)}); resume with "
+                              "the same settings, or train into a new --out directory")
 
 
 def _loader(cfg: TrainConfig, run: _Engine, *, rank: int, world: int, start: int):
@@ -170,24 +196,25 @@ def _loader(cfg: TrainConfig, run: _Engine, *, rank: int, world: int, start: int
 
 
 def _save(cfg: TrainConfig, run: _Engine, ckpt_root: Path, state: dict[str, int], *, rank: int, world: int) -> None:
-    """Every rank saves; rank 0 writes COMPLETE once all have, then drops the oldest complete tags."""
-    import shutil
-
+    """Every rank saves under a temporary tag; once all have, rank 0 commits it (fsync, rename,
+    COMPLETE last) and drops the oldest complete checkpoints beyond ``keep_last``."""
     import torch.distributed as dist
 
     step = state["step"]
+    settings = run_settings(cfg, run.model_cfg)
     client = {**state, "world_size": world, "seed": cfg.seed, "rng": torch.get_rng_state(),
-              "format": cfg.format, "objective": cfg.objective}
+              "format": cfg.format, "objective": cfg.objective, "settings": settings}
     if run.ema is not None:
         client["ema"] = run.ema.shadow
-    run.engine.save_checkpoint(str(ckpt_root), tag=tag_name(step), client_state=client, save_latest=False)
+    if rank == 0 and (ckpt_root / temp_tag(step)).exists():  # left by a save that was killed
+        shutil.rmtree(ckpt_root / temp_tag(step))
+    dist.barrier()
+    run.engine.save_checkpoint(str(ckpt_root), tag=temp_tag(step), client_state=client, save_latest=False)
     dist.barrier()
     if rank == 0:
-        (ckpt_root / tag_name(step) / COMPLETE).write_text(json.dumps({"step": step, **state}))
-        done = sorted(p for p in ckpt_root.iterdir() if (p / COMPLETE).is_file())
-        for old in done[:-cfg.keep_last]:
-            (old / COMPLETE).unlink()
-            shutil.rmtree(old, ignore_errors=True)
+        commit_tag(ckpt_root, step, {"step": step, **state, "settings": settings})
+        for old in prune(ckpt_root, current_step=step, keep_last=cfg.keep_last):
+            log.info("removed checkpoint %s (keep_last=%d)", old, cfg.keep_last)
     dist.barrier()
 
 
@@ -274,7 +301,7 @@ def train(cfg: TrainConfig, ds_config: dict[str, Any], *, resume: str | None = N
     out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
     run = _build_engine(cfg, ds_config, world=world)
-    state = _resume(run, ckpt_root, resume, rank=rank, world=world)
+    state = _resume(cfg, run, ckpt_root, resume, rank=rank, world=world)
     stream, loader = _loader(cfg, run, rank=rank, world=world, start=state["samples_seen"])
     logger = _Logger(cfg, out) if rank == 0 else None
     if logger is not None and stream.skipped_samples:
