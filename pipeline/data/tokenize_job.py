@@ -20,6 +20,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -321,16 +323,46 @@ def _check_job(fs, root: str, spec: dict[str, Any], *, resume: bool, out: str) -
     if resume:
         raise ConfigError(f"--resume: {out} holds no tokenize run to resume ({JOB_DIR}/job.json missing); "
                           "drop --resume to start one")
+    try:
+        foreign = [e for e in fs.ls(root, detail=False) if e.rstrip("/").rsplit("/", 1)[-1] != JOB_DIR]
+    except FileNotFoundError:
+        foreign = []
+    if foreign:
+        raise ConfigError(f"{out} is not empty ({len(foreign)} entries, e.g. {foreign[0]}) and holds no tokenize "
+                          "run; tokenize into a new or empty location (nothing there was changed)")
     put_bytes_atomic(fs, path, json.dumps(spec, indent=1).encode())
 
 
-def _done_units(fs, root: str, n_units: int) -> dict[int, dict]:
-    """Unit records whose shards all exist; removes temp files a killed run left behind."""
+# the only files a run ever removes: its own temp files (``put_bytes_atomic``'s ``<name>.tmp-<pid>``)
+_OWN_TEMP = re.compile(r"^(unit-\d{5}\.(parquet|tar\.gz|json)|manifest\.json|errors\.jsonl|job\.json|status\.json)"
+                       r"\.tmp-(\d+)$")
+_OWN_DIRS = ("", "parquet", "wds", JOB_DIR, f"{JOB_DIR}/units")
+
+
+def _pid_alive(pid: int) -> bool:
     try:
-        files = set(fs.find(root))
-    except FileNotFoundError:
-        return {}
-    stale = [f for f in files if ".tmp-" in f.rsplit("/", 1)[-1]]
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _done_units(fs, root: str, n_units: int) -> dict[int, dict]:
+    """Unit records whose shards all exist; removes the temp files a killed run of this job left in its
+    own folders (nothing else, whatever its name). A temp file whose writer process is still alive on
+    this machine belongs to a concurrent run on the same output and is left alone: both runs write the
+    same bytes under the same names, so neither destroys the other's work."""
+    files: set[str] = set()
+    for sub in _OWN_DIRS:
+        d = join(root, sub) if sub else root
+        fs.invalidate_cache(d)
+        try:
+            files.update(e.rstrip("/") for e in fs.ls(d, detail=False))
+        except FileNotFoundError:
+            continue
+    stale = [f for f in files if (m := _OWN_TEMP.match(f.rsplit("/", 1)[-1])) and not _pid_alive(int(m.group(3)))]
     for f in stale:
         fs.rm_file(f)
     if stale:
