@@ -37,3 +37,22 @@ def test_bar_on_a_terminal():
 
 def test_format_eta():
     assert [format_eta(s) for s in (None, 5, 65, 3725)] == ["?", "5s", "1m05s", "1h02m"]
+
+
+def test_verify_and_inspect_report_per_shard_progress(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from pipeline.data.synthetic import write_synthetic_token_dataset
+    from pipeline.data.verify import verify_dataset
+
+    root = str(tmp_path / "tokens")
+    write_synthetic_token_dataset(root, codebook_size=64, latent_size=4, num_classes=10, shard_sizes=[10, 12, 7],
+                                  formats=("parquet",))
+    seen = []
+    assert verify_dataset(root, progress=lambda done, total: seen.append((done, total))).ok
+    assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    r = CliRunner().invoke(cli, ["verify", root], catch_exceptions=False)
+    assert r.exit_code == 0 and "verify: 3/3 shards (100%)" in r.output, r.output
+    r = CliRunner().invoke(cli, ["inspect", root, "--report-dir", str(tmp_path / "rep")], catch_exceptions=False)
+    assert r.exit_code == 0 and "inspect: 3/3 shards (100%)" in r.output, r.output

@@ -73,12 +73,11 @@ def verify_dataset(out: str, *, source: str | None = None, layout: str = "auto",
     rep.shards = len(m.shards)
     n_classes = len(m.classes)
     by_format: dict[str, dict[str, tuple[int, bytes]]] = {}
-    checked, n_files = 0, sum(len(m.shards_of(fmt)) for fmt in m.formats)
+    report, checked, n_files = progress or (lambda done, total: None), 0, sum(len(m.shards_of(f)) for f in m.formats)
     for fmt in m.formats:
         seen: dict[str, tuple[int, bytes]] = {}
         for s in m.shards_of(fmt):
-            if progress is not None:
-                progress(checked, n_files)
+            report(checked, n_files)
             checked += 1
             try:
                 rows = read_shard(out, s, info, verify=True)
@@ -98,8 +97,7 @@ def verify_dataset(out: str, *, source: str | None = None, layout: str = "auto",
         total = sum(s.samples for s in m.shards_of(fmt))
         if total != m.counts.get("samples"):
             problem(f"{fmt}: shards hold {total} samples, manifest counts say {m.counts.get('samples')}")
-    if progress is not None:
-        progress(checked, n_files)
+    report(checked, n_files)
     formats = list(by_format)
     if len(formats) == 2 and by_format[formats[0]] != by_format[formats[1]]:
         a, b = by_format[formats[0]], by_format[formats[1]]
