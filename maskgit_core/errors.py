@@ -5,7 +5,7 @@ All derive from ``ValueError`` as well, so code that caught ``ValueError`` befor
 """
 from __future__ import annotations
 
-__all__ = ["MaskGITError", "ConfigError", "CheckpointError", "ShardError", "DecodeError"]
+__all__ = ["MaskGITError", "ConfigError", "CheckpointError", "ShardError", "DecodeError", "TrainingError"]
 
 
 class MaskGITError(ValueError):
@@ -27,3 +27,7 @@ class ShardError(MaskGITError):
 
 class DecodeError(MaskGITError):
     """An image whose bytes cannot be decoded (it goes to the error report with this reason)."""
+
+
+class TrainingError(MaskGITError):
+    """A training run that failed: carries the job's own error lines and where its full log is."""

@@ -2,6 +2,7 @@
 rerun/resume, SIGKILL of the driver and of a worker, s3:// in and out via moto_server, inspect."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,7 +25,8 @@ import tokenizer
 from tokenizer.preprocess import preprocess_bytes
 from pipeline.data.shards import read_manifest, read_shard
 from pipeline.data.sources import ItemReader, list_source
-from pipeline.data.tokenize_job import (JOB_DIR, TokenizeConfig, plan_resources, plan_units, run_tokenize)
+from pipeline.data.tokenize_job import (JOB_DIR, STATUS_FILE, TokenizeConfig, plan_resources, plan_units,
+                                        run_tokenize)
 from pipeline.data.verify import read_error_report, verify_dataset
 from tokenize_data import BAD_KINDS, CONVERTIBLE, add_bad_file, make_imagenet_tree
 
@@ -93,8 +95,9 @@ def _cfg(data, out, **kw) -> TokenizeConfig:
 def ref(data, ray_address, tmp_path_factory):
     """An uninterrupted run: the reference the interrupted runs must equal."""
     out = tmp_path_factory.mktemp("ref") / "out"
-    res = run_tokenize(_cfg(data, out))
-    return {"out": str(out), "result": res}
+    events = []
+    res = run_tokenize(_cfg(data, out), progress=events.append)
+    return {"out": str(out), "result": res, "events": events}
 
 
 def _digests(out: str) -> dict[str, str]:
@@ -146,6 +149,21 @@ def test_shard_tokens_equal_the_tokenizer_on_the_preprocessed_images(data, ref):
         with torch.inference_mode():
             ids = torch.cat([model.encode(c) for c in x.split(BATCH)])
         assert np.array_equal(rows.tokens[:, 0], ids.numpy())
+
+
+def test_progress_is_reported_per_unit_and_in_the_status_file(data, ref):
+    ev, res = ref["events"], ref["result"]
+    n_images = len(list_source(data["src"]).items)  # listing errors are in no unit
+    assert [e.units_done for e in ev] == list(range(res.units_total + 1)) + [res.units_total]  # start, units, end
+    assert [e.state for e in ev] == ["running"] * (res.units_total + 1) + ["done"]
+    assert all(e.units_total == res.units_total and e.images_total == n_images for e in ev)
+    assert ev[0].images_done == 0 and ev[0].images_per_s is None and ev[0].eta_s is None
+    assert all(a.images_done < b.images_done for a, b in zip(ev[:-2], ev[1:-1]))
+    assert all(e.images_per_s > 0 and e.eta_s >= 0 for e in ev[1:])
+    assert ev[-1].images_done == n_images and ev[-1].eta_s == 0
+    status = json.loads((Path(ref["out"]) / STATUS_FILE).read_text())
+    assert {k: v for k, v in status.items() if k != "updated"} == dataclasses.asdict(ev[-1])
+    assert status["updated"].endswith("Z")
 
 
 def test_rerun_skips_finished_units_and_checks_settings(data, ref, tmp_path):
@@ -281,6 +299,8 @@ def test_verify_catches_a_corrupt_shard_and_cli_exit_codes(data, ref, tmp_path):
     assert r.returncode == 1 and "FAILED" in r.stdout
     r = subprocess.run(mp + ["verify", ref["out"], "--source", data["src"]], capture_output=True, text=True)
     assert r.returncode == 0 and "OK" in r.stdout
+    n = len(read_manifest(ref["out"]).shards)
+    assert f"verify: {n}/{n} shards (100%)" in r.stderr  # plain progress lines: stderr is not a terminal
     r = subprocess.run(mp + ["tokenize", data["src"], str(tmp_path / "o"), "--tokenizer", data["tok"],
                              "--unit-size", "0"], capture_output=True, text=True)
     assert r.returncode == 2 and "unit_size" in r.stderr
@@ -291,8 +311,12 @@ def test_inspect_report(data, ref, tmp_path):
 
     from pipeline.data.inspect import inspect_dataset
 
-    rep = inspect_dataset(ref["out"], report_dir=tmp_path, tokenizer_dir=data["tok"], num_samples=10)
+    seen = []
+    rep = inspect_dataset(ref["out"], report_dir=tmp_path, tokenizer_dir=data["tok"], num_samples=10,
+                          progress=lambda done, total: seen.append((done, total)))
     m = read_manifest(ref["out"])
+    n = len(m.shards_of(m.formats[0]))
+    assert seen == [(i, n) for i in range(1, n + 1)]
     u = rep.usage
     assert u["counts"].sum() == rep.samples * 64 == u["tokens"]
     assert 1.0 <= u["perplexity"] <= u["used_codes"] <= 64 and u["dead_codes"] == 64 - u["used_codes"]

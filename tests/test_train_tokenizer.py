@@ -110,3 +110,24 @@ def test_cli_train_tokenizer(data_dir, tmp_path):
     assert tokenizer.load(tmp_path / "tok").config.codebook_size == 64
     r = CliRunner().invoke(cli, ["train-tokenizer", str(data_dir), "--preset", "huge", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "no training recipe for preset 'huge'" in r.output
+
+
+def test_small_flat_folder_holds_out_a_fraction(tmp_path):
+    """40 images in a flat folder: a few are held out, the rest train (not 'no images found')."""
+    from PIL import Image
+
+    from tokenizer.train import holdout_count
+
+    rng = torch.Generator().manual_seed(0)
+    for i in range(40):
+        arr = torch.randint(0, 256, (40, 40, 3), generator=rng, dtype=torch.uint8).numpy()
+        Image.fromarray(arr).save(tmp_path / f"img{i:02d}.png")
+    images = load_image_folder(tmp_path, image_size=32, val_images=256)
+    assert len(images.val) == 4 and len(images.train) == 36
+    assert holdout_count(5000, 256) == 256 and holdout_count(1, 256) == 0 and holdout_count(2, 256) == 1
+    assert holdout_count(40, 0) == 0
+    r = CliRunner().invoke(cli, ["train-tokenizer", str(tmp_path), "--preset", "debug", "--steps", "2",
+                                 "--batch-size", "4", "--out", str(tmp_path / "tok")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "36 for training, 4 held out" in r.output
+    assert (tmp_path / "tok" / "config.json").is_file()

@@ -33,7 +33,7 @@ from maskgit_core.errors import ConfigError
 
 __all__ = ["TrainConfig", "TrainResult", "ImageSet", "load_image_folder", "read_images", "restart_dead_codes",
            "psnr", "codebook_stats", "evaluate", "train_tokenizer", "TRAIN_PRESETS", "train_preset",
-           "IMAGE_EXTENSIONS"]
+           "IMAGE_EXTENSIONS", "holdout_count"]
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,14 @@ def read_images(paths: list[Path], size: int, skipped: list[str]) -> torch.Tenso
     return torch.from_numpy(np.stack(out))
 
 
+def holdout_count(n: int, val_images: int) -> int:
+    """How many of ``n`` images to hold out when the folder has no val/ split: ``val_images``, but
+    at most 10 % of a small folder (at least 1) and never all of them (>= 1 image is left to train on)."""
+    if val_images <= 0 or n <= 1:
+        return 0
+    return min(val_images, max(1, n // 10), n - 1)
+
+
 def load_image_folder(root: str | os.PathLike, *, image_size: int, max_images: int = 20000,
                       val_images: int = 256, seed: int = 0) -> ImageSet:
     """Read a folder of images into memory, center-cropped and resized to ``image_size`` with
@@ -150,7 +158,8 @@ def load_image_folder(root: str | os.PathLike, *, image_size: int, max_images: i
 
     With the ImageNet layout (``root/train/<class>/*`` and optionally ``root/val/...``) the
     held-out images come from ``val/``; otherwise every image under ``root`` is used and a
-    seeded ``val_images`` of them are held out. Unreadable files are skipped and listed.
+    seeded ``holdout_count(n, val_images)`` of them are held out (at most 10 %, at least one).
+    Unreadable files are skipped and listed.
     """
     root = Path(root)
     if not root.is_dir():
@@ -161,14 +170,16 @@ def load_image_folder(root: str | os.PathLike, *, image_size: int, max_images: i
         train_paths = _list_images(root / "train")
         val_paths = _list_images(root / "val") if (root / "val").is_dir() else []
         if not val_paths and val_images:
+            n_val = holdout_count(len(train_paths), val_images)
             perm = rng.permutation(len(train_paths))
-            val_paths = [train_paths[i] for i in perm[:val_images]]
-            train_paths = [train_paths[i] for i in sorted(perm[val_images:])]
+            val_paths = [train_paths[i] for i in perm[:n_val]]
+            train_paths = [train_paths[i] for i in sorted(perm[n_val:])]
     else:
         paths = _list_images(root)
+        n_val = holdout_count(len(paths), val_images)
         perm = rng.permutation(len(paths))
-        val_paths = [paths[i] for i in sorted(perm[:val_images])]
-        train_paths = [paths[i] for i in sorted(perm[val_images:])]
+        val_paths = [paths[i] for i in sorted(perm[:n_val])]
+        train_paths = [paths[i] for i in sorted(perm[n_val:])]
     if not train_paths:
         raise ConfigError(f"{root}: no images found (extensions {IMAGE_EXTENSIONS}); expected "
                           "root/train/<class>/*.JPEG or a folder of image files")

@@ -50,6 +50,7 @@ def tokenize_cmd(source, out, tokenizer_dir, layout, split, label_map, val_label
       maskgit-pipeline tokenize /data/imagenet ckpt/tokens-train --tokenizer ckpt/official256/tokenizer \\
           --split train --format both --augment hflip
     """
+    from pipeline.cli.progress import Progress, format_eta
     from pipeline.data.tokenize_job import TokenizeConfig, run_tokenize
 
     cfg = TokenizeConfig(source=source, out=out, tokenizer=tokenizer_dir, layout=layout, split=split,
@@ -57,7 +58,10 @@ def tokenize_cmd(source, out, tokenizer_dir, layout, split, label_map, val_label
                          augmentations=tuple(augment), unit_size=unit_size, batch_size=batch_size, search=search,
                          device=device, precision=precision, num_encoders=num_encoders, ray_address=ray_address,
                          resume=resume)
-    r = run_tokenize(cfg)
+    with Progress("tokenize", unit="units") as bar:
+        r = run_tokenize(cfg, progress=lambda p: bar.update(
+            p.units_done, p.units_total, images=f"{p.images_done}/{p.images_total}",
+            img_per_s=p.images_per_s if p.images_per_s is not None else "?", eta=format_eta(p.eta_s)))
     c = r.manifest.counts
     click.echo(f"{out}: {c['samples']} samples, {c['errors']} errors of {c['images']} images; "
                f"{r.units_run} units run, {r.units_skipped} already done; {r.seconds:.1f} s")
@@ -78,9 +82,12 @@ def verify_cmd(out, source, layout, split, val_labels, as_json) -> None:
     Example:
       maskgit-pipeline verify ckpt/tokens-train --source /data/imagenet
     """
+    from pipeline.cli.progress import Progress
     from pipeline.data.verify import verify_dataset
 
-    rep = verify_dataset(out, source=source, layout=layout, split=split, val_labels=val_labels)
+    with Progress("verify", unit="shards") as bar:
+        rep = verify_dataset(out, source=source, layout=layout, split=split, val_labels=val_labels,
+                             progress=bar.update)
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=1))
     else:
@@ -106,9 +113,12 @@ def inspect_cmd(out, tokenizer_dir, report_dir, num_samples) -> None:
     Example:
       maskgit-pipeline inspect ckpt/tokens-train --tokenizer ckpt/official256/tokenizer --report-dir rep/
     """
+    from pipeline.cli.progress import Progress
     from pipeline.data.inspect import inspect_dataset
 
-    rep = inspect_dataset(out, report_dir=report_dir, tokenizer_dir=tokenizer_dir, num_samples=num_samples)
+    with Progress("inspect", unit="shards") as bar:
+        rep = inspect_dataset(out, report_dir=report_dir, tokenizer_dir=tokenizer_dir, num_samples=num_samples,
+                              progress=bar.update)
     u = rep.usage
     click.echo(f"{rep.samples} samples in {len(rep.class_counts)} classes; codes used {u['used_codes']}/"
                f"{len(u['counts'])}, dead {u['dead_codes']}, perplexity {u['perplexity']:.1f}")

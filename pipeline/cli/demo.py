@@ -70,6 +70,7 @@ def train_tokenizer_cmd(data_dir, preset, out, steps, batch_size, lr, max_second
 
     res = train_tokenizer(data_dir, model_config=preset, config=cfg, out=out, on_log=on_log)
     m = res.metrics
+    click.echo(f"images: {m['train_images']} for training, {m['val_images']} held out for evaluation")
     click.echo(f"held-out PSNR {m['psnr']:.2f} dB (init {m['init_psnr']:.2f}), codebook usage {m['usage']:.1%} "
                f"({m['codes_used']}/{m['codebook_size']}), perplexity {m['perplexity']:.1f}, "
                f"{m['steps']} steps in {m['seconds']:.0f} s")

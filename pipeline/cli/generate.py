@@ -22,11 +22,9 @@ def _labels(classes: str, n: int) -> list[int]:
 
 
 def _device(name: str) -> str:
-    import torch
+    from pipeline.generate.sampling import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return resolve_device(name)
 
 
 @click.command("sample")
@@ -64,9 +62,9 @@ def sample_cmd(checkpoint, tokenizer_dir, classes, n, steps, schedule, seed, cho
       maskgit-pipeline sample --checkpoint ckpt/official256 --tokenizer ckpt/official256 \\
           --classes 1,207,980 --n 8 --steps 8 --schedule cosine --seed 0 --out grid.png
     """
-    import torch
-
-    from pipeline.generate import ar_sample_images, load_pair, make_grid, sample_images, save_png, step_progression, to_uint8
+    from pipeline.cli.progress import Progress
+    from pipeline.generate import load_pair, make_grid, save_png, step_progression
+    from pipeline.generate.sampling import sample_batches
 
     labels = _labels(classes, n)
     model, vq = load_pair(checkpoint, tokenizer_dir, device=_device(device))
@@ -78,25 +76,20 @@ def sample_cmd(checkpoint, tokenizer_dir, classes, n, steps, schedule, seed, cho
     out = Path(out)
     img_dir = out.with_suffix("")
     all_imgs = []
-    with click.progressbar(range(0, len(labels), batch_size), label="sampling") as bar:
-        for start in bar:
-            lb = labels[start:start + batch_size]
-            with torch.no_grad():
-                if ar:
-                    imgs = ar_sample_images(model, vq, lb, seed=seed + start, temperature=temperature, top_k=top_k)
-                    res = None
-                else:
-                    imgs, res = sample_images(model, vq, lb, steps=steps, schedule=schedule, seed=seed + start,
-                                              choice_temperature=choice_temperature, guidance_scale=guidance_scale,
-                                              guidance_schedule=guidance_schedule, null_label=null_label,
-                                              order=order, top_k=top_k, record=save_steps, return_result=True)
-            u8 = to_uint8(imgs)
+    batches = sample_batches(model, vq, labels, batch_size=batch_size, seed=seed, ar=ar, temperature=temperature,
+                             top_k=top_k, record=save_steps, steps=steps, schedule=schedule,
+                             choice_temperature=choice_temperature, guidance_scale=guidance_scale,
+                             guidance_schedule=guidance_schedule, null_label=null_label, order=order)
+    with Progress("sampling", unit="img", total=len(labels)) as bar:
+        for start, u8, _, res in batches:
+            lb = labels[start:start + len(u8)]
             for j, (im, c) in enumerate(zip(u8, lb)):
                 save_png(im, img_dir / f"{start + j:05d}_class{c}.png")
                 if save_steps:
                     save_png(step_progression(vq, res, model.config.latent_size, index=j),
                              img_dir / "steps" / f"{start + j:05d}_class{c}.png")
             all_imgs.append(u8)
+            bar.update(start + len(u8))
     imgs = np.concatenate(all_imgs)
     save_png(make_grid(imgs, nrow=n), out)
     if npz_path:

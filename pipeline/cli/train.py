@@ -23,6 +23,7 @@ __all__ = ["register", "train_cmd", "train_export_cmd"]
 def train_cmd(data, out, nproc, objective, config, ds_config, resume, master_port, overrides) -> None:
     """Train the MVTM transformer (or the AR baseline) on token shards with the deepspeed launcher.
 
+    The launcher's output is shown as it comes and appended to OUT/train.log.
     For multi-node runs call `deepspeed --hostfile ...` directly (docs/TRAIN.md).
 
     \b
@@ -33,7 +34,7 @@ def train_cmd(data, out, nproc, objective, config, ds_config, resume, master_por
 
     summary = run_training(data=data, out=out, nproc=nproc, objective=objective, config=config,
                            ds_config=ds_config, resume=resume or None, overrides=list(overrides),
-                           master_port=master_port)
+                           master_port=master_port, on_line=lambda line: click.echo(line, err=True))
     click.echo(json.dumps(summary))
 
 

@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -74,8 +74,10 @@ def _usage_png(counts: np.ndarray, path: Path) -> None:
 
 
 def inspect_dataset(out: str, *, report_dir: str | os.PathLike, tokenizer_dir: str | None = None,
-                    num_samples: int = 16, fmt: str | None = None) -> InspectReport:
-    """Write ``inspect.json``, ``usage.png`` and (with a tokenizer) ``samples.png`` into report_dir."""
+                    num_samples: int = 16, fmt: str | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> InspectReport:
+    """Write ``inspect.json``, ``usage.png`` and (with a tokenizer) ``samples.png`` into report_dir.
+    ``progress(done, total)`` is called with shards read after each one."""
     import json
 
     m = read_manifest(out)
@@ -86,7 +88,8 @@ def inspect_dataset(out: str, *, report_dir: str | os.PathLike, tokenizer_dir: s
     first: list[np.ndarray] = []
     first_labels: list[int] = []
     n = 0
-    for s in m.shards_of(fmt):
+    shards = m.shards_of(fmt)
+    for i, s in enumerate(shards):
         rows = read_shard(out, s, info)
         counts += usage_stats(rows.tokens, info.codebook_size)["counts"]
         for lab, c in zip(*np.unique(rows.labels, return_counts=True)):
@@ -96,6 +99,8 @@ def inspect_dataset(out: str, *, report_dir: str | os.PathLike, tokenizer_dir: s
             first += list(rows.tokens[:take, 0])  # the centre view
             first_labels += [int(v) for v in rows.labels[:take]]
         n += len(rows)
+        if progress is not None:
+            progress(i + 1, len(shards))
     # usage_stats from the summed histogram (repeat ids by count is wasteful; rebuild directly)
     p = counts[counts > 0] / max(int(counts.sum()), 1)
     entropy = float(-(p * np.log(p)).sum()) if counts.sum() else 0.0

@@ -7,6 +7,10 @@ Plan (a pure function of the source listing and the config)::
     driver:    each encoded unit ─▶ shard file(s), written atomically ─▶ unit record (written last)
     end:       error report (JSONL key, reason) ─▶ manifest.json (written last of all)
 
+Progress: as each unit is written the driver calls the ``progress`` callback and rewrites
+``_tokenize/status.json`` (units and images done, images/s, ETA, state), so that another shell
+can follow a long run (``cat OUT/_tokenize/status.json``).
+
 Exactly once: a unit is done when its record ``_tokenize/units/unit-XXXXX.json`` exists, and the
 record is written only after the unit's shards are durable. A rerun (or ``resume=True``) lists the
 source again, checks it is the same listing and the same settings (``_tokenize/job.json``), and
@@ -23,25 +27,26 @@ import logging
 import os
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from tokenizer.preprocess import AUGMENTATIONS, DecodeError, preprocess_bytes, view_names
+from tokenizer.preprocess import AUGMENTATIONS, view_names
 from pipeline.data.shards import (FORMATS, Manifest, ShardInfo, ShardRows, TokenizerInfo, join, put_bytes_atomic, url_to_fs,
                      write_manifest, write_parquet_shard, write_webdataset_shard)
+from pipeline.data.tokenize_progress import JOB_DIR, STATUS_FILE, ProgressTracker, TokenizeProgress
+from pipeline.data.tokenize_stages import EncodeUnits, decode_unit, encoder_payload
 from pipeline.ray_session import ray_session
-from pipeline.data.sources import LABEL_MAPS, LAYOUTS, ItemReader, Listing, SourceItem, list_source
+from pipeline.data.sources import LABEL_MAPS, LAYOUTS, Listing, SourceItem, list_source
 from maskgit_core.errors import ConfigError
 
-__all__ = ["TokenizeConfig", "TokenizeResult", "ResourcePlan", "plan_resources", "plan_units", "run_tokenize",
-           "JOB_DIR", "ERRORS_FILE", "listing_fingerprint"]
+__all__ = ["TokenizeConfig", "TokenizeResult", "TokenizeProgress", "ResourcePlan", "plan_resources", "plan_units",
+           "run_tokenize", "JOB_DIR", "ERRORS_FILE", "STATUS_FILE", "listing_fingerprint"]
 
 log = logging.getLogger(__name__)
 
-JOB_DIR = "_tokenize"
 ERRORS_FILE = "errors.jsonl"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
@@ -177,111 +182,6 @@ def _unit_record_path(unit: int) -> str:
     return f"{JOB_DIR}/units/unit-{unit:05d}.json"
 
 
-# ------------------------------------------------------------------ Ray stages
-
-def decode_unit(batch: dict[str, np.ndarray], *, image_size: int, augmentations: tuple[str, ...],
-                storage_options: dict | None = None) -> dict[str, np.ndarray]:
-    """Ray map_batches fn (batch of one unit row): read + decode + crop every image of the unit."""
-    reader = ItemReader(**(storage_options or {}))
-    out: dict[str, list] = {"unit": [], "keys": [], "labels": [], "images": [], "n": [], "errors": []}
-    try:
-        for unit, items_json in zip(batch["unit"], batch["items"]):
-            keys, labels, views, errors = [], [], [], []
-            for v in json.loads(items_json):
-                item = SourceItem.from_list(v)
-                try:
-                    data = reader.read(item)
-                    views.append(preprocess_bytes(data, image_size, augmentations))  # (V, 3, S, S)
-                    keys.append(item.key)
-                    labels.append(item.label)
-                except DecodeError as e:
-                    errors.append([item.key, str(e)])
-                except OSError as e:
-                    errors.append([item.key, f"cannot read file ({type(e).__name__}: {e.strerror or e})"])
-            images = np.stack(views) if views else np.zeros((0,), np.uint8)  # (N, V, 3, S, S)
-            out["unit"].append(int(unit))
-            out["keys"].append(json.dumps(keys))
-            out["labels"].append(json.dumps(labels))
-            out["images"].append(images.tobytes())
-            out["n"].append(len(keys))
-            out["errors"].append(json.dumps(errors))
-    finally:
-        reader.close()
-    return {"unit": np.asarray(out["unit"], np.int64), "keys": np.asarray(out["keys"], dtype=object),
-            "labels": np.asarray(out["labels"], dtype=object), "images": np.asarray(out["images"], dtype=object),
-            "n": np.asarray(out["n"], np.int64), "errors": np.asarray(out["errors"], dtype=object)}
-
-
-def build_encoder(payload: dict[str, Any], *, device: str):
-    """The tokenizer (encoder + codebook) from a payload made by ``encoder_payload``."""
-    import tokenizer
-    from tokenizer.config import config_from_dict
-
-    model = tokenizer.VQGAN(config_from_dict(payload["config"]))
-    model.decoder = None  # the job only encodes
-    missing, unexpected = model.load_state_dict(payload["state"], strict=False)
-    if unexpected or any(not k.startswith("decoder.") for k in missing):
-        raise ConfigError(f"tokenizer weights do not match its config (missing {missing[:3]}, unexpected "
-                          f"{unexpected[:3]})")
-    return model.to(device).eval()
-
-
-def encoder_payload(model) -> dict[str, Any]:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("decoder.")}
-    return {"config": model.config.to_dict(), "state": state}
-
-
-class EncodeUnits:
-    """Ray actor (map_batches callable class): encodes each unit in fixed chunks of ``batch_size``."""
-
-    def __init__(self, payload_ref: list, *, device: str, precision: str, batch_size: int, search: str,
-                 torch_threads: int, image_size: int, n_views: int, latent: int, token_dtype: str):
-        import ray
-        import torch
-
-        from tokenizer.faiss_search import make_search
-
-        torch.set_num_threads(torch_threads)
-        payload = ray.get(payload_ref[0])
-        self.torch = torch
-        self.device = device
-        self.model = build_encoder(payload, device=device)
-        k = self.model.config.codebook_size
-        self.model.set_search(make_search(search, device=device, codebook_size=k, num_threads=torch_threads))
-        self.precision, self.batch_size = precision, batch_size
-        self.shape = (n_views, 3, image_size, image_size)
-        self.latent, self.token_dtype = latent, np.dtype(token_dtype)
-
-    def encode(self, images: np.ndarray) -> np.ndarray:  # (N, V, 3, S, S) uint8 -> (N, V, h, w)
-        torch = self.torch
-        n = images.shape[0]
-        flat = images.reshape(-1, *self.shape[1:])  # (N*V, 3, S, S)
-        out = []
-        with torch.inference_mode():
-            for i in range(0, flat.shape[0], self.batch_size):
-                x = torch.from_numpy(flat[i:i + self.batch_size]).to(self.device).float().div_(255.0)
-                if self.precision == "bf16":
-                    with torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16):
-                        z = self.model.encode_latents(x)
-                else:
-                    z = self.model.encode_latents(x)
-                out.append(self.model.quantizer.ids(z.float()).cpu().numpy())  # (b, h, w)
-        ids = np.concatenate(out) if out else np.zeros((0, self.latent, self.latent), np.int64)
-        return ids.reshape(n, self.shape[0], self.latent, self.latent).astype(self.token_dtype)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tokens, seconds = [], []
-        for images, n in zip(batch["images"], batch["n"]):
-            arr = np.frombuffer(images, np.uint8).reshape(int(n), *self.shape) if n else \
-                np.zeros((0, *self.shape), np.uint8)
-            t = time.perf_counter()
-            tokens.append(self.encode(arr).tobytes())
-            seconds.append(time.perf_counter() - t)
-        return {"unit": batch["unit"], "keys": batch["keys"], "labels": batch["labels"], "n": batch["n"],
-                "errors": batch["errors"], "tokens": np.asarray(tokens, dtype=object),
-                "encode_s": np.asarray(seconds, np.float64)}
-
-
 # ------------------------------------------------------------------ the driver
 
 def _tokenizer_info(model, augmentations: tuple[str, ...]) -> TokenizerInfo:
@@ -393,15 +293,23 @@ def _write_unit(root: str, fs, fsroot: str, row: dict[str, Any], info: Tokenizer
     return rec
 
 
-def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
-    """Run (or finish) a tokenize job; returns the manifest written last. See the module docstring."""
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
+# ------------------------------------------------------------------ the run
 
-    import tokenizer
+@dataclass
+class _Plan:
+    """What a run has to do: the listing, its units, and the units done by earlier runs."""
 
-    t0 = time.time()
-    model = tokenizer.load(cfg.tokenizer)
+    info: TokenizerInfo
+    listing: Listing
+    units: list[list[SourceItem]]
+    fs: Any
+    root: str
+    records: dict[int, dict]
+    pending: list[int]
+
+
+def _plan_run(cfg: TokenizeConfig, model) -> _Plan:
+    """List the source, split it into units, check ``job.json`` and find the finished units."""
     info = _tokenizer_info(model, cfg.augmentations)
     listing = list_source(cfg.source, layout=cfg.layout, split=cfg.split, label_map=cfg.label_map,
                           val_labels=cfg.val_labels)
@@ -413,51 +321,74 @@ def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
     records = _done_units(fs, root, len(units))
     pending = [u for u in range(len(units)) if u not in records]
     log.info("%d units done already, %d to run", len(records), len(pending))
+    return _Plan(info, listing, units, fs, root, records, pending)
 
+
+def _unit_dataset(cfg: TokenizeConfig, plan: _Plan, model):
+    """The Ray Data pipeline over the pending units: decode tasks, then the encoder actor pool."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # the driver reports per unit instead (progress callback)
+    ctx.execution_options.preserve_order = False
+    res = plan_resources(ray.cluster_resources(), device=cfg.device, num_encoders=cfg.num_encoders)
+    log.info("resources: %s", res)
+    info = plan.info
+    payload_ref = ray.put(encoder_payload(model))
+    rows = [{"unit": u, "items": json.dumps([it.to_list() for it in plan.units[u]])} for u in plan.pending]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.map_batches(decode_unit, batch_size=1, batch_format="numpy", num_cpus=res.decode_cpus,
+                        fn_kwargs={"image_size": info.image_size, "augmentations": cfg.augmentations})
+    return ds.map_batches(
+        EncodeUnits, batch_size=1, batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=res.num_encoders),
+        num_cpus=res.encoder_cpus, num_gpus=res.encoder_gpus or None,
+        fn_constructor_args=([payload_ref],),
+        fn_constructor_kwargs=dict(device=res.device, precision=cfg.precision, batch_size=cfg.batch_size,
+                                   search=cfg.search, torch_threads=res.torch_threads,
+                                   image_size=info.image_size, n_views=info.n_aug,
+                                   latent=info.latent_h, token_dtype=info.token_dtype.name))
+
+
+def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
+                 ) -> tuple[list[tuple[float, int]], list[tuple[int, float]]]:
+    """Write each encoded unit as it arrives (writer threads); record it and report progress as
+    each write finishes. Returns (arrival time, images) and (images, encoder seconds) per unit."""
     arrivals: list[tuple[float, int]] = []  # (time a unit came out of the encoder, its images)
     encode_s: list[tuple[int, float]] = []  # (images, seconds inside the encoder actor) per unit
-    if pending:
-        with ray_session(cfg.ray_address):
-            ctx = DataContext.get_current()
-            ctx.enable_progress_bars = False
-            ctx.execution_options.preserve_order = False
-            plan = plan_resources(ray.cluster_resources(), device=cfg.device, num_encoders=cfg.num_encoders)
-            log.info("resources: %s", plan)
-            payload_ref = ray.put(encoder_payload(model))
-            rows = [{"unit": u, "items": json.dumps([it.to_list() for it in units[u]])} for u in pending]
-            ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-            ds = ds.map_batches(decode_unit, batch_size=1, batch_format="numpy", num_cpus=plan.decode_cpus,
-                                fn_kwargs={"image_size": info.image_size, "augmentations": cfg.augmentations})
-            ds = ds.map_batches(
-                EncodeUnits, batch_size=1, batch_format="numpy",
-                compute=ActorPoolStrategy(min_size=1, max_size=plan.num_encoders),
-                num_cpus=plan.encoder_cpus, num_gpus=plan.encoder_gpus or None,
-                fn_constructor_args=([payload_ref],),
-                fn_constructor_kwargs=dict(device=plan.device, precision=cfg.precision, batch_size=cfg.batch_size,
-                                           search=cfg.search, torch_threads=plan.torch_threads,
-                                           image_size=info.image_size, n_views=info.n_aug,
-                                           latent=info.latent_h, token_dtype=info.token_dtype.name))
-            with ThreadPoolExecutor(max_workers=cfg.write_threads) as pool:
-                futures = []
-                for row in ds.iter_rows():
-                    arrivals.append((time.time(), int(row["n"]) + len(json.loads(row["errors"]))))
-                    encode_s.append((int(row["n"]), float(row["encode_s"])))
-                    futures.append(pool.submit(_write_unit, cfg.out, fs, root, row, info, cfg.formats))
-                for f in futures:
-                    rec = f.result()
-                    records[rec["unit"]] = rec
-                    log.info("unit %d: %d samples, %d errors", rec["unit"], rec["samples"], len(rec["errors"]))
-    if len(records) != len(units):
-        missing = sorted(set(range(len(units))) - set(records))[:10]
-        raise RuntimeError(f"units {missing} produced no output; rerun to finish them")
 
+    def finish(futures: set, *, block: bool) -> set:
+        done, rest = wait(futures, timeout=None if block else 0, return_when=ALL_COMPLETED if block else
+                          FIRST_COMPLETED)
+        for f in sorted(done, key=lambda f: f.result()["unit"]):
+            rec = f.result()
+            plan.records[rec["unit"]] = rec
+            log.info("unit %d: %d samples, %d errors", rec["unit"], rec["samples"], len(rec["errors"]))
+            tracker.unit_written(rec)
+        return rest
+
+    with ThreadPoolExecutor(max_workers=cfg.write_threads) as pool:
+        futures: set = set()
+        for row in ds.iter_rows():
+            arrivals.append((time.time(), int(row["n"]) + len(json.loads(row["errors"]))))
+            encode_s.append((int(row["n"]), float(row["encode_s"])))
+            futures.add(pool.submit(_write_unit, cfg.out, plan.fs, plan.root, row, plan.info, cfg.formats))
+            futures = finish(futures, block=False)
+        finish(futures, block=True)
+    return arrivals, encode_s
+
+
+def _write_manifest(cfg: TokenizeConfig, plan: _Plan) -> Manifest:
+    """The error report, then manifest.json (written last of all)."""
+    listing, records, fs, root = plan.listing, plan.records, plan.fs, plan.root
     errors = sorted([tuple(e) for r in records.values() for e in r["errors"]] + list(listing.errors))
     err_data = "".join(json.dumps({"key": k, "reason": r}) + "\n" for k, r in errors).encode()
     put_bytes_atomic(fs, join(root, ERRORS_FILE), err_data)
     shards = [ShardInfo(**s) for u in sorted(records) for s in records[u]["shards"]]
     samples = sum(r["samples"] for r in records.values())
     manifest = Manifest(
-        tokenizer=info, shards=shards, classes=listing.classes,
+        tokenizer=plan.info, shards=shards, classes=listing.classes,
         source={"uri": cfg.source, "layout": listing.layout, "split": listing.split,
                 "image_count": len(listing.items) + len(listing.errors)},
         counts={"images": len(listing.items) + len(listing.errors), "samples": samples, "errors": len(errors)},
@@ -465,13 +396,49 @@ def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
         extra={"unit_size": cfg.unit_size, "label_map": cfg.label_map, "num_classes": len(listing.classes),
                "listing_sha256": listing_fingerprint(listing), "precision": cfg.precision, "search": cfg.search})
     write_manifest(cfg.out, manifest)
-    dt = time.time() - t0
-    log.info("wrote %s: %d samples, %d errors in %.1f s", cfg.out, samples, len(errors), dt)
+    return manifest
+
+
+def _throughput(arrivals: list[tuple[float, int]], encode_s: list[tuple[int, float]]
+                ) -> tuple[float | None, float | None]:
+    """(steady images/s from the first encoded unit to the last, images/s inside the encoders)."""
     steady = None
     if len(arrivals) >= 3:  # throughput between the first and the last unit, without start-up
         steady = sum(n for _, n in arrivals[1:]) / max(arrivals[-1][0] - arrivals[0][0], 1e-9)
-    enc = sum(n for n, _ in encode_s) / sum(t for _, t in encode_s) if sum(t for _, t in encode_s) else None
-    return TokenizeResult(cfg.out, manifest, len(units), len(pending), len(units) - len(pending), dt, steady, enc)
+    enc_t = sum(t for _, t in encode_s)
+    return steady, (sum(n for n, _ in encode_s) / enc_t if enc_t else None)
+
+
+def run_tokenize(cfg: TokenizeConfig, *, progress: Callable[[TokenizeProgress], None] | None = None
+                 ) -> TokenizeResult:
+    """Run (or finish) a tokenize job; returns the manifest written last. See the module docstring.
+
+    ``progress`` gets a ``TokenizeProgress`` when the pipeline starts and as each unit is written;
+    the same is written to ``_tokenize/status.json`` (state ``done`` just before the manifest)."""
+    import tokenizer
+
+    t0 = time.time()
+    model = tokenizer.load(cfg.tokenizer)
+    plan = _plan_run(cfg, model)
+    tracker = ProgressTracker(plan.fs, plan.root, units=plan.units, records=plan.records, callback=progress)
+    arrivals: list[tuple[float, int]] = []
+    encode_s: list[tuple[int, float]] = []
+    if plan.pending:
+        with ray_session(cfg.ray_address):
+            ds = _unit_dataset(cfg, plan, model)
+            tracker.start()
+            arrivals, encode_s = _write_units(cfg, plan, ds, tracker)
+    if len(plan.records) != len(plan.units):
+        missing = sorted(set(range(len(plan.units))) - set(plan.records))[:10]
+        raise RuntimeError(f"units {missing} produced no output; rerun to finish them")
+    tracker.report("done")
+    manifest = _write_manifest(cfg, plan)
+    dt = time.time() - t0
+    log.info("wrote %s: %d samples, %d errors in %.1f s", cfg.out, manifest.counts["samples"],
+             manifest.counts["errors"], dt)
+    steady, enc = _throughput(arrivals, encode_s)
+    n_units, n_run = len(plan.units), len(plan.pending)
+    return TokenizeResult(cfg.out, manifest, n_units, n_run, n_units - n_run, dt, steady, enc)
 
 
 def config_to_dict(cfg: TokenizeConfig) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -57,9 +57,10 @@ def read_error_report(out: str, path: str | None) -> list[tuple[str, str]]:
 
 
 def verify_dataset(out: str, *, source: str | None = None, layout: str = "auto", split: str | None = None,
-                   label_map: str | None = None, val_labels: str | None = None, max_problems: int = 50
-                   ) -> VerifyReport:
-    """Verify ``out`` (see the module docstring); problems are collected, not raised."""
+                   label_map: str | None = None, val_labels: str | None = None, max_problems: int = 50,
+                   progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    """Verify ``out`` (see the module docstring); problems are collected, not raised.
+    ``progress(done, total)`` is called with shard files checked (all formats) after each one."""
     rep = VerifyReport(out)
     p = rep.problems
 
@@ -72,9 +73,12 @@ def verify_dataset(out: str, *, source: str | None = None, layout: str = "auto",
     rep.shards = len(m.shards)
     n_classes = len(m.classes)
     by_format: dict[str, dict[str, tuple[int, bytes]]] = {}
+    report, checked, n_files = progress or (lambda done, total: None), 0, sum(len(m.shards_of(f)) for f in m.formats)
     for fmt in m.formats:
         seen: dict[str, tuple[int, bytes]] = {}
         for s in m.shards_of(fmt):
+            report(checked, n_files)
+            checked += 1
             try:
                 rows = read_shard(out, s, info, verify=True)
             except ShardError as e:
@@ -93,6 +97,7 @@ def verify_dataset(out: str, *, source: str | None = None, layout: str = "auto",
         total = sum(s.samples for s in m.shards_of(fmt))
         if total != m.counts.get("samples"):
             problem(f"{fmt}: shards hold {total} samples, manifest counts say {m.counts.get('samples')}")
+    report(checked, n_files)
     formats = list(by_format)
     if len(formats) == 2 and by_format[formats[0]] != by_format[formats[1]]:
         a, b = by_format[formats[0]], by_format[formats[1]]

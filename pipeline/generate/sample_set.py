@@ -6,21 +6,21 @@ last bit: the float decoder's result can depend on the batch size and thread cou
 ``shard-NNNNN.npz`` (images (n, H, W, 3) uint8, tokens (n, h, w), labels, indices), each written atomically; a
 rerun skips shards already on disk; ``manifest.json`` is written last.
 
-    python -m pipeline.generate.sample_set --checkpoint ckpt/ --tokenizer ckpt/ --per-class 50 --out samples/ \
+    maskgit-pipeline sample-set --checkpoint ckpt/ --tokenizer ckpt/ --per-class 50 --out samples/ \
         [--ray-address auto]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from maskgit_core.errors import ConfigError
 
-__all__ = ["plan_shards", "sample_shard", "sample_set", "load_sample_set"]
+__all__ = ["plan_shards", "sample_shard", "sample_set", "load_sample_set", "set_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +35,13 @@ def plan_shards(n: int, shard_size: int) -> list[tuple[int, int]]:
 def sample_shard(checkpoint: str, tokenizer_dir: str, labels: list[int], start: int, path: str, *, seed: int,
                  batch_size: int, device: str, sample_kw: dict) -> str:
     """Sample images ``start .. start+len(labels)`` into ``path`` (atomic). Returns the path."""
-    import torch
+    from pipeline.generate.sampling import load_pair, resolve_device, sample_batches
 
-    from transformer.ar_sampling import ar_sample_tokens
-    from transformer.sampling import sample_tokens
-
-    from pipeline.generate import decode_tokens, load_pair, to_uint8
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, vq = load_pair(checkpoint, tokenizer_dir, device=device)
+    model, vq = load_pair(checkpoint, tokenizer_dir, device=resolve_device(device))
     imgs, toks = [], []
-    for i in range(0, len(labels), batch_size):
-        lb = labels[i:i + batch_size]
-        if model.config.causal:
-            t = ar_sample_tokens(model, lb, seed=seed + start + i,
-                                 **{k: v for k, v in sample_kw.items() if k in ("temperature", "top_k")})
-        else:
-            t = sample_tokens(model, lb, seed=seed + start + i, **sample_kw).tokens
-        toks.append(t.cpu().numpy())
-        imgs.append(to_uint8(decode_tokens(vq, t)))
+    for _, u8, tokens, _ in sample_batches(model, vq, labels, batch_size=batch_size, seed=seed + start, **sample_kw):
+        imgs.append(u8)
+        toks.append(tokens)
     tmp = Path(path).with_suffix(".tmp.npz")
     np.savez(tmp, images=np.concatenate(imgs), tokens=np.concatenate(toks).astype(np.int32),
              labels=np.asarray(labels), indices=np.arange(start, start + len(labels)))
@@ -64,19 +51,28 @@ def sample_shard(checkpoint: str, tokenizer_dir: str, labels: list[int], start: 
 
 def sample_set(checkpoint: str | os.PathLike, tokenizer_dir: str | os.PathLike, labels: list[int],
                out_dir: str | os.PathLike, *, seed: int = 0, shard_size: int = 1000, batch_size: int = 32,
-               ray_address: str | None = None, device: str = "auto", **sample_kw) -> Path:
+               ray_address: str | None = None, device: str = "auto",
+               progress: Callable[[int, int], None] | None = None, **sample_kw) -> Path:
     """Sample ``len(labels)`` images into shards under ``out_dir``; with ``ray_address`` as Ray
-    tasks (one GPU each when the cluster has GPUs), else in this process. Returns the manifest path."""
+    tasks (one GPU each when the cluster has GPUs), else in this process. ``progress(done, total)``
+    is called with shard counts (shards found on disk count as done) as each shard is written.
+    Returns the manifest path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards = plan_shards(len(labels), shard_size)
     todo = [(k, s, e) for k, (s, e) in enumerate(shards) if not (out / f"shard-{k:05d}.npz").is_file()]
     log.info("%d shards, %d to sample", len(shards), len(todo))
+    done = len(shards) - len(todo)
+    if progress is not None:
+        progress(done, len(shards))
     args = [(str(checkpoint), str(tokenizer_dir), labels[s:e], s, str(out / f"shard-{k:05d}.npz")) for k, s, e in todo]
     kw = {"seed": seed, "batch_size": batch_size, "sample_kw": sample_kw}
     if ray_address is None:
         for a in args:
             sample_shard(*a, device=device, **kw)
+            done += 1
+            if progress is not None:
+                progress(done, len(shards))
     else:
         import ray
 
@@ -85,13 +81,39 @@ def sample_set(checkpoint: str | os.PathLike, tokenizer_dir: str | os.PathLike, 
         with ray_session(ray_address):
             gpus = ray.cluster_resources().get("GPU", 0)
             task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0.5 if not gpus else 1)(sample_shard)
-            for done in ray.get([task.remote(*a, device="cuda" if gpus else "cpu", **kw) for a in args]):
-                log.info("wrote %s", done)
+            pending = [task.remote(*a, device="cuda" if gpus else "cpu", **kw) for a in args]
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                log.info("wrote %s", ray.get(ready[0]))
+                done += 1
+                if progress is not None:
+                    progress(done, len(shards))
     manifest = {"format_version": 1, "num_images": len(labels), "seed": seed, "checkpoint": str(checkpoint),
                 "tokenizer": str(tokenizer_dir), "sample_kw": sample_kw,
                 "shards": [{"path": f"shard-{k:05d}.npz", "start": s, "stop": e} for k, (s, e) in enumerate(shards)]}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out / "manifest.json"
+
+
+def set_labels(checkpoint: str | os.PathLike, classes: str, per_class: int) -> list[int]:
+    """Labels of a sample set: ``per_class`` of each class, classes ``all`` (every class of the
+    checkpoint, from its config.json) or comma-separated labels, e.g. ``1,207,980``."""
+    if per_class < 1:
+        raise ConfigError(f"--per-class must be >= 1, got {per_class}")
+    if classes == "all":
+        from maskgit_core.checkpoint_io import resolve_checkpoint_dir
+        from transformer import KIND
+
+        cfg = json.loads((resolve_checkpoint_dir(checkpoint, KIND, "transformer") / "config.json").read_text())
+        chosen = list(range(cfg["config"]["num_classes"]))
+    else:
+        try:
+            chosen = [int(c) for c in classes.split(",") if c.strip()]
+        except ValueError:
+            raise ConfigError(f"--classes {classes!r}: 'all' or comma-separated integers, e.g. 1,207,980") from None
+        if not chosen:
+            raise ConfigError("--classes needs 'all' or at least one label")
+    return [c for c in chosen for _ in range(per_class)]
 
 
 def load_sample_set(out_dir: str | os.PathLike, *, key: str = "images") -> tuple[np.ndarray, np.ndarray]:
@@ -106,40 +128,3 @@ def load_sample_set(out_dir: str | os.PathLike, *, key: str = "images") -> tuple
             imgs.append(z[key])
             labels.append(z["labels"])
     return np.concatenate(imgs), np.concatenate(labels)
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--tokenizer", required=True)
-    ap.add_argument("--per-class", type=int, default=50, help="images per class (50 x 1000 = 50k)")
-    ap.add_argument("--classes", default="all", help="'all' or comma-separated labels")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--schedule", default="cosine")
-    ap.add_argument("--guidance-scale", type=float, default=0.0)
-    ap.add_argument("--null-label", type=int, default=None)
-    ap.add_argument("--shard-size", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--ray-address", default=None, help="'auto' for the cluster this runs in, 'local' to start one")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    from maskgit_core.checkpoint_io import resolve_checkpoint_dir
-    from transformer import KIND
-
-    cfg = json.loads((resolve_checkpoint_dir(a.checkpoint, KIND, "transformer") / "config.json").read_text())
-    if a.classes == "all":
-        classes = list(range(cfg["config"]["num_classes"]))
-    else:
-        classes = [int(c) for c in a.classes.split(",")]
-    labels = [c for c in classes for _ in range(a.per_class)]
-    kw = {"steps": a.steps, "schedule": a.schedule}
-    if a.guidance_scale:
-        kw.update(guidance_scale=a.guidance_scale, null_label=a.null_label)
-    print(sample_set(a.checkpoint, a.tokenizer, labels, a.out, seed=a.seed, shard_size=a.shard_size,
-                     batch_size=a.batch_size, ray_address=a.ray_address, **kw))
-
-
-if __name__ == "__main__":
-    main()

@@ -4,6 +4,7 @@ The token-level math lives in ``transformer.sampling`` and ``transformer.ar_samp
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -14,7 +15,15 @@ from transformer.sampling import DecodeResult, sample_tokens
 from pipeline.generate.imageio import make_grid, to_uint8
 from maskgit_core.errors import ConfigError
 
-__all__ = ["load_pair", "decode_tokens", "sample_images", "ar_sample_images", "step_progression"]
+__all__ = ["load_pair", "decode_tokens", "sample_images", "ar_sample_images", "step_progression", "resolve_device",
+           "sample_batches"]
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; any other name is returned as given."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
 def load_pair(checkpoint: str | os.PathLike, tokenizer_dir: str | os.PathLike, *, device: str = "cpu"):
@@ -59,6 +68,31 @@ def ar_sample_images(model: torch.nn.Module, vq: torch.nn.Module, labels, *, see
     """Class labels -> images (B, 3, H, W) in [0, 1] from the causal AR baseline (KV cache)."""
     tokens = ar_sample_tokens(model, labels, seed=seed, temperature=temperature, top_k=top_k, use_cache=use_cache)
     return decode_tokens(vq, tokens)
+
+
+@torch.no_grad()
+def sample_batches(model: torch.nn.Module, vq: torch.nn.Module, labels: list[int], *, batch_size: int, seed: int,
+                   ar: bool | None = None, temperature: float = 1.0, top_k: int | None = None, record: bool = False,
+                   **decode_kw) -> Iterator[tuple[int, np.ndarray, np.ndarray, DecodeResult | None]]:
+    """The one batch loop of ``sample`` and sample sets: yields, per batch of ``batch_size`` labels,
+    (start, images (b, H, W, 3) uint8, tokens (b, h, w) int64, DecodeResult or None).
+
+    The batch starting at image ``start`` is drawn with seed ``seed + start``, and image i inside
+    it with ``seed + start + i``, so image ``k`` of ``labels`` always uses seed ``seed + k``.
+    ``ar`` (default: ``model.config.causal``) samples the causal baseline with ``temperature`` and
+    ``top_k`` (``decode_kw`` does not apply to it and ``result`` is None); otherwise MaskGIT decodes
+    with ``top_k``, ``record`` and ``decode_kw`` (steps, schedule, guidance_scale, ...)."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    ar = model.config.causal if ar is None else ar
+    for start in range(0, len(labels), batch_size):
+        lb = labels[start:start + batch_size]
+        if ar:
+            tokens, res = ar_sample_tokens(model, lb, seed=seed + start, temperature=temperature, top_k=top_k), None
+        else:
+            res = sample_tokens(model, lb, seed=seed + start, top_k=top_k, record=record, **decode_kw)
+            tokens = res.tokens
+        yield start, to_uint8(decode_tokens(vq, tokens)), tokens.cpu().numpy(), res
 
 
 @torch.no_grad()

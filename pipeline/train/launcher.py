@@ -4,13 +4,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import time
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from maskgit_core.errors import ConfigError
+from maskgit_core.errors import TrainingError
 
-__all__ = ["jobs_dir", "deepspeed_command", "run_training", "free_port"]
+__all__ = ["jobs_dir", "deepspeed_command", "run_training", "stream_command", "error_lines", "free_port",
+           "LOG_FILE"]
+
+LOG_FILE = "train.log"
+"""The launcher's output, appended under the run directory by ``run_training``."""
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +58,103 @@ def deepspeed_command(*, data: str, out: str, nproc: int = 2, ds_config: str | N
     return cmd + list(overrides or [])
 
 
-def run_training(**kwargs: Any) -> dict[str, Any]:
-    """Run ``deepspeed_command(**kwargs)`` to completion (OMP_NUM_THREADS=1 per rank on CPU);
-    return the summary the job prints. Raises ValueError with the job's last error line on failure."""
-    import subprocess
+def run_training(*, on_line: Callable[[str], None] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run ``deepspeed_command(**kwargs)`` to completion (OMP_NUM_THREADS=1 per rank on CPU) and
+    return the summary the job prints.
 
+    The launcher's output (stdout and stderr of every rank) is streamed line by line to
+    ``on_line`` (default: this module's logger) and appended to ``<out>/train.log``. On failure
+    raises ``TrainingError`` with the child's own error lines (``error_lines``) and the log's path."""
     cmd = deepspeed_command(**kwargs)
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")  # ranks write as they go, not when their buffer fills
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(jobs_dir().parent), env.get("PYTHONPATH")]))
-    log.info("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    if proc.returncode != 0:
-        errors = [ln for ln in lines if "error:" in ln] or lines[-5:]
-        raise ConfigError(f"training failed (exit {proc.returncode}): {errors[-1] if errors else ''}")
-    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    log_path = Path(kwargs["out"]) / LOG_FILE
+    log.info("running %s (output in %s)", " ".join(cmd), log_path)
+    rc, summaries, tail = stream_command(cmd, env=env, log_path=log_path, on_line=on_line or log.info)
+    if rc != 0:
+        errors = error_lines(tail)
+        raise TrainingError(f"training failed (exit {rc}): {' | '.join(errors) or 'no output'}; "
+                            f"full output in {log_path}")
+    for line in reversed(summaries):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue
+    raise TrainingError(f"training exited 0 but printed no summary line; see {log_path}")
+
+
+def stream_command(cmd: list[str], *, env: dict[str, str], log_path: Path, on_line: Callable[[str], None],
+                   keep: int = 400) -> tuple[int, list[str], list[str]]:
+    """Run ``cmd``; hand each line of its stdout and stderr to ``on_line`` as it comes and append it
+    to ``log_path``. Returns (exit code, the last stdout lines that start with ``{`` (summaries),
+    the last ``keep`` lines of both)."""
+    import subprocess
+    import threading
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+    summaries: deque[str] = deque(maxlen=8)
+    tail: deque[str] = deque(maxlen=keep)
+    with open(log_path, "a", encoding="utf-8") as logf:
+        logf.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(cmd)}\n")
+        logf.flush()
+
+        def pump(stream, sink: deque[str] | None) -> None:
+            for raw in stream:
+                line = raw.rstrip("\n")
+                with lock:
+                    logf.write(line + "\n")
+                    logf.flush()
+                    tail.append(line)
+                    if sink is not None and line.startswith("{"):
+                        sink.append(line)
+                    on_line(line)
+
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                errors="replace", bufsize=1)
+        readers = [threading.Thread(target=pump, args=(proc.stdout, summaries), daemon=True),
+                   threading.Thread(target=pump, args=(proc.stderr, None), daemon=True)]
+        for t in readers:
+            t.start()
+        try:
+            rc = proc.wait()
+        except BaseException:  # Ctrl-C: stop the launcher (it stops its ranks), then re-raise
+            proc.terminate()
+            proc.wait()
+            raise
+        finally:
+            for t in readers:
+                t.join()
+    return rc, list(summaries), list(tail)
+
+
+_RANK_PREFIX = re.compile(r"^\[?rank\s?\d+\]?:\s?")
+
+
+def error_lines(lines: list[str], *, limit: int = 4) -> list[str]:
+    """The child's real error text: the exception line ending each Python traceback (``KeyError:
+    'x'``) and the job's own ``error: ...`` lines, oldest first, duplicates (one per rank) dropped;
+    the launcher's own ``CalledProcessError`` only when nothing else is found. Falls back to the
+    last non-empty lines."""
+    found: list[str] = []
+    in_tb = False
+    for raw in lines:
+        line = _RANK_PREFIX.sub("", raw)
+        if line.startswith("Traceback (most recent call last)"):
+            in_tb = True
+            continue
+        if in_tb:
+            if not line.strip() or line[0].isspace():
+                continue  # frames and their source lines are indented
+            found.append(line.strip())  # the first unindented line after the frames: ``SomeError: ...``
+            in_tb = False
+        elif line.lstrip().lower().startswith("error:"):
+            found.append(line.strip())
+    real = [ln for ln in found if "CalledProcessError" not in ln] or found
+    unique = list(dict.fromkeys(real))
+    if unique:
+        return unique[-limit:]
+    return [ln.strip() for ln in lines if ln.strip()][-limit:]
