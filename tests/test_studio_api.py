@@ -418,3 +418,34 @@ def test_cli_studio_binds_loopback_and_warns_otherwise(tmp_path, ckpts, monkeypa
     assert bound == {"host": host, "port": 7860, "closed": True}
     assert ("warning: binding 0.0.0.0" in r.output) == warned
     assert "demo-out/runs/mvtm/export" in r.output and "http://" in r.output
+
+
+def test_explicit_model_needs_its_tokenizer_not_the_demos(tmp_path, ckpts):
+    import shutil
+
+    from maskgit_core.errors import ConfigError
+    from pipeline.studio import resolve_paths
+
+    _demo_layout(tmp_path / "demo-out", ckpts)
+    shutil.copytree(ckpts / "mvtm", tmp_path / "elsewhere" / "mvtm")
+    with pytest.raises(ConfigError, match="no tokenizer found next to .*: pass --tokenizer DIR"):
+        resolve_paths(model=tmp_path / "elsewhere" / "mvtm", tokenizer=None, ar_model=None,
+                      demo_out=tmp_path / "demo-out")
+    shutil.copytree(ckpts / "tok", tmp_path / "elsewhere" / "tokenizer")  # the official layout: parent/tokenizer
+    p = resolve_paths(model=tmp_path / "elsewhere" / "mvtm", tokenizer=None, ar_model=None,
+                      demo_out=tmp_path / "demo-out")
+    assert p.tokenizer == tmp_path / "elsewhere" and p.ar_model is None
+
+
+def test_held_out_samples_are_one_per_class_of_the_demo_data(tmp_path):
+    from pipeline.studio.models import held_out_samples
+
+    for c in ("c00_a", "c01_b"):
+        d = tmp_path / "data" / "val" / c
+        d.mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(_image(i)).save(d / f"{c}_val_{i}.JPEG", format="JPEG")
+    s = held_out_samples(tmp_path / "data")
+    assert [x["name"] for x in s] == ["c00_a (held out)", "c01_b (held out)"]
+    assert s[0]["path"].endswith("c00_a_val_0.JPEG")
+    assert all("photo" in x for x in held_out_samples(None))  # no data: the built-in photos

@@ -48,6 +48,7 @@ def resolve_paths(*, model: str | os.PathLike | None, tokenizer: str | os.PathLi
     """The explicit paths where given, else the newest exports of the demo run in ``demo_out``."""
     demo = Path(demo_out)
     notes = []
+    from_demo = model is None
     if model is None:
         m = _newest(sorted(demo.glob("runs/mvtm/export*")))
         if m is None:
@@ -61,10 +62,11 @@ def resolve_paths(*, model: str | os.PathLike | None, tokenizer: str | os.PathLi
                 notes.append(f"AR baseline: {ar} (newest demo export)")
                 ar_model = ar
     if tokenizer is None:
-        cands = [Path(model), Path(model).parent] + ([demo / "tokenizer"] if (demo / "tokenizer").is_dir() else [])
+        cands = [Path(model), Path(model).parent] + ([demo / "tokenizer"] if from_demo else [])
         tok = next((c for c in cands if _is_kind(c, "maskgit-vqgan") or _is_kind(c / "tokenizer", "maskgit-vqgan")), None)
         if tok is None:
-            raise ConfigError(f"no tokenizer found next to {model} or in {demo}/tokenizer: pass --tokenizer DIR")
+            raise ConfigError(f"no tokenizer found next to {model}" + (f" or in {demo}/tokenizer" if from_demo else "")
+                              + ": pass --tokenizer DIR")
         notes.append(f"tokenizer: {tok}")
         tokenizer = tok
     data_root = demo / "data" if (demo / "data" / "val").is_dir() else None

@@ -173,6 +173,7 @@ function redraw(box) {
   ctx.imageSmoothingEnabled = false;
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   ctx.drawImage(studio.imgEl, 0, 0);
+  if (currentOp() === "outpaint") return;  // the region does not apply: show the image as it is
   const m = maskCtx.getImageData(0, 0, canvas.width, canvas.height);
   const over = ctx.getImageData(0, 0, canvas.width, canvas.height);
   for (let p = 0; p < m.data.length; p += 4) {
@@ -277,10 +278,13 @@ $("mask-clear").addEventListener("click", clearMask);
 studio.maskDataURL = () => (studio.mask ? studio.mask.toDataURL("image/png") : null);
 
 // ------------------------------------------------------------------ edit: run
+function currentOp() { return document.querySelector("input[name=op]:checked").value; }
+
 function syncOp() {
-  const op = document.querySelector("input[name=op]:checked").value;
+  const op = currentOp();
   $("outpaint-sides").style.display = op === "outpaint" ? "" : "none";
-  $("edit-steps").value = $("edit-steps").value || "12";
+  $("before-caption").textContent = op === "outpaint" ? "Before" : "Before — paint the region";
+  redraw();
 }
 document.querySelectorAll("input[name=op]").forEach((r) => r.addEventListener("change", syncOp));
 syncOp();
@@ -288,7 +292,7 @@ syncOp();
 $("edit-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   if (!studio.image) { showError("load an image first: upload one or pick a sample"); return; }
-  const op = document.querySelector("input[name=op]:checked").value;
+  const op = currentOp();
   const req = { op, image: studio.image, class: Number($("edit-class").value), seed: num("edit-seed"),
     steps: num("edit-steps") };
   if (op === "outpaint") {
