@@ -3,6 +3,7 @@ encode) for a grid of 8 samples (T=8), the same with the AR baseline beside it, 
 each kind, against a studio server on 127.0.0.1 in this process.
 
     .venv/bin/python bench/bench_studio.py                         # tiny random `debug` models
+    .venv/bin/python bench/bench_studio.py --preset demo           # random models of the demo's sizes
     .venv/bin/python bench/bench_studio.py --demo-out demo-out     # the models `make demo` trained
 
 Prints a table of the first call and the median and max over --repeats further calls, and
@@ -42,20 +43,25 @@ def _png_url(a: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _tiny_models(d: Path):
+def _random_models(d: Path, preset: str):
+    """Random weights of a preset pair: `debug` (the tests' sizes) or `demo` (17 classes with the
+    null class of guidance, as `make demo` trains them)."""
     import tokenizer
     import transformer
 
     torch.manual_seed(0)
-    tokenizer.save(tokenizer.build("debug"), d / "tok")
-    transformer.save(transformer.build("debug", latent_size=8), d / "mvtm")
-    transformer.save(transformer.build("debug", latent_size=8, causal=True), d / "ar")
+    kw = {"latent_size": 8} if preset == "debug" else {"num_classes": 17}
+    extra = {} if preset == "debug" else {"null_label": 16}
+    tokenizer.save(tokenizer.build(preset), d / "tok")
+    transformer.save(transformer.build(preset, **kw), d / "mvtm", extra=extra)
+    transformer.save(transformer.build(preset, causal=True, **kw), d / "ar", extra=extra)
     return d / "mvtm", d / "tok", d / "ar"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--demo-out", default=None, help="Serve this demo run's models instead of tiny random ones.")
+    ap.add_argument("--demo-out", default=None, help="Serve this demo run's models instead of random ones.")
+    ap.add_argument("--preset", default="debug", choices=("debug", "demo"), help="Sizes of the random models.")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
     ap.add_argument("--json", action="store_true")
@@ -69,8 +75,8 @@ def main() -> None:
     if args.demo_out:
         paths, label = resolve_paths(model=None, tokenizer=None, ar_model=None, demo_out=args.demo_out), "demo"
     else:
-        m, t, a = _tiny_models(Path(tmp.name))
-        paths, label = StudioPaths(model=m, tokenizer=t, ar_model=a), "debug (random)"
+        m, t, a = _random_models(Path(tmp.name), args.preset)
+        paths, label = StudioPaths(model=m, tokenizer=t, ar_model=a), f"{args.preset} (random)"
     studio = Studio(paths)
     server, _ = serve_in_thread(studio)
     base = f"http://127.0.0.1:{server.server_port}"

@@ -167,6 +167,17 @@ def test_generate_equals_cli_sample_bit_for_bit(base, ckpts, tmp_path):
     assert "--classes 1,2 --n 3 --seed 7 --steps 6 --schedule linear" in out["cli"]
 
 
+def test_generate_over_one_batch_uses_the_cli_seeds(base, ckpts, tmp_path):
+    # 3 x 12 = 36 images: two batches of the CLI's 32, the second seeded seed + 32
+    st, out = _post(base + "/api/generate", {"classes": [0, 5, 9], "n": 12, "seed": 2, "steps": 4,
+                                             "strip_index": 35})
+    assert st == 200 and len(out["images"]) == 36, out
+    _cli(["sample", "--checkpoint", ckpts / "mvtm", "--tokenizer", ckpts / "tok", "--classes", "0,5,9", "--n", 12,
+          "--seed", 2, "--steps", 4, "--save-steps", "--out", tmp_path / "g.png"])
+    assert np.array_equal(_pixels(out["grid"]), _file_pixels(tmp_path / "g.png"))
+    assert np.array_equal(_pixels(out["strip"]), _file_pixels(tmp_path / "g" / "steps" / "00035_class9.png"))
+
+
 def test_generate_halton_and_ar_side_by_side_equal_the_cli(base, ckpts, tmp_path):
     st, out = _post(base + "/api/generate", {"classes": [3], "n": 2, "seed": 1, "order": "halton",
                                              "compare_ar": True})

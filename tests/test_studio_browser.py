@@ -215,3 +215,44 @@ def test_user_errors_show_in_the_page(driver, base, tmp_path):
     drv.find_element(By.ID, "gen-run").click()
     WebDriverWait(drv, 60).until(lambda d: "steps must be an integer" in _error(d))
     assert json.loads(drv.execute_script("return JSON.stringify(document.body.dataset)")).get("busy") == "0"
+
+
+def test_upload_drag_a_box_and_replace_equal_the_cli(driver, base, ckpts, shots, tmp_path):
+    from pipeline.generate import fit_image
+
+    drv = driver
+    drv.get(base)
+    _wait_attr(drv, "data-ready", "1")
+    drv.find_element(By.ID, "tab-edit").click()
+    # upload a 40 x 48 photo-like PNG: the page shows the CLI's resize/crop of it
+    src = np.random.default_rng(7).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    Image.fromarray(src).save(tmp_path / "upload.png")
+    drv.find_element(By.ID, "edit-file").send_keys(str(tmp_path / "upload.png"))
+    _wait_attr(drv, "data-image-loaded", "1")
+    assert "input 40x48" in drv.find_element(By.ID, "edit-rule").text
+    shown = _pixels_of_url(drv.execute_script("return window.studio.image"))
+    assert np.array_equal(shown, np.asarray(fit_image(Image.fromarray(src), 32)[0]))
+    # drag a box with the mouse, replace its content with class 3
+    drv.find_element(By.ID, "tool-box").click()
+    canvas = drv.find_element(By.ID, "edit-canvas")
+    size = canvas.size["width"]
+    (ActionChains(drv).move_to_element_with_offset(canvas, -size // 4, -size // 4).click_and_hold()
+     .move_by_offset(size // 4, size // 8).move_by_offset(size // 8, size // 8).release().perform())
+    mask = _pixels_of_url(drv.execute_script("return window.studio.maskDataURL()"))[:, :, 0] > 127
+    ys, xs = np.nonzero(mask)
+    h, w = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+    assert mask.sum() == h * w > 16  # a filled rectangle
+    drv.find_element(By.ID, "op-replace").click()
+    Select(drv.find_element(By.ID, "edit-class")).select_by_value("3")
+    _set(drv, "edit-seed", 9)
+    n = int(drv.find_element(By.TAG_NAME, "body").get_attribute("data-edited") or 0)
+    drv.find_element(By.ID, "edit-run").click()
+    _wait_attr(drv, "data-edited", str(n + 1))
+    assert _error(drv) == ""
+    drv.save_screenshot(str(shots / "edit_replace.png"))
+    bbox = f"{ys.min()}_{xs.min()}_{h}_{w}"
+    assert f"--bbox {bbox}" in drv.find_element(By.ID, "edit-cli").text
+    out = _pixels_of_url(drv.find_element(By.ID, "edit-result").get_attribute("src"))
+    _cli("edit", "replace", "--checkpoint", ckpts / "mvtm", "--tokenizer", ckpts / "tok", "--image",
+         tmp_path / "upload.png", "--bbox", bbox, "--class", 3, "--seed", 9, "--out", tmp_path / "rep.png")
+    assert np.array_equal(out, _file(tmp_path / "rep.png"))  # the CLI given the original upload

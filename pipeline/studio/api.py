@@ -106,6 +106,9 @@ def _check_image_bytes(raw: bytes, what: str) -> tuple[int, int]:
         with Image.open(io.BytesIO(raw)) as im:
             fmt, size = im.format, im.size
             im.verify()
+    except Image.DecompressionBombError:
+        raise RequestError(f"{what} has too many pixels to decode safely; sides must be 1..{MAX_IMAGE_SIDE} px") \
+            from None
     except UnidentifiedImageError:
         raise RequestError(f"{what}: not an image file PIL can read; use PNG, JPEG, WebP, BMP or GIF") from None
     except (OSError, SyntaxError, ValueError) as e:

@@ -308,7 +308,7 @@ $("edit-form").addEventListener("submit", async (e) => {
     $("edit-download").download = `${op}-class${req.class}-seed${req.seed}.png`;
     $("edit-download").hidden = false;
     $("edit-cli").textContent = `same image from the command line (input.png = the image shown before` +
-      `${op === "outpaint" ? "" : ", mask.png = the painted region"}):\n${out.cli}`;
+      `${op === "inpaint" ? ", mask.png = the painted region" : ""}):\n${out.cli}`;
     $("edit-cli").hidden = false;
     studio.lastEdit = out;
     document.body.dataset.edited = String(Number(document.body.dataset.edited || 0) + 1);
