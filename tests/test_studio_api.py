@@ -123,6 +123,19 @@ def test_info_has_class_names_options_and_samples(base, studio):
     assert info["samples"] and all({"id", "name"} <= set(s) for s in info["samples"])
 
 
+def test_class_names_from_a_relative_data_path_as_the_demo_records_it(tmp_path, monkeypatch):
+    from pipeline.studio.models import class_table
+
+    demo = tmp_path / "demo-out"
+    (demo / "tokens" / "train").mkdir(parents=True)
+    (demo / "tokens" / "train" / "manifest.json").write_text(json.dumps({"classes": [{"index": 1, "name": "coffee"}]}))
+    transformer.save(transformer.build("debug", latent_size=8), demo / "runs" / "mvtm" / "export",
+                     extra={"data": "demo-out/tokens/train"})
+    monkeypatch.chdir(tmp_path / "demo-out" / "runs")  # not where the demo ran
+    names = [c["name"] for c in class_table(demo / "runs" / "mvtm" / "export", 3)]
+    assert names == ["class 0", "coffee", "class 2"]
+
+
 def test_class_names_fall_back_to_numbers(tmp_path):
     from pipeline.studio.models import class_table
 

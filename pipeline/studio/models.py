@@ -89,7 +89,14 @@ def class_table(model_dir: str | os.PathLike, num_classes: int) -> list[dict]:
         meta = json.loads((Path(model_dir) / "config.json").read_text())
         data = meta.get("data")
         if data and "://" not in str(data):
-            man = json.loads((Path(data) / "manifest.json").read_text())
+            # a relative path (the demo records "demo-out/tokens/train") is relative to where training
+            # ran: the current folder, or an ancestor of the checkpoint (demo-out/runs/mvtm/export)
+            cands = [Path(data)] + ([a / data for a in Path(model_dir).resolve().parents]
+                                    if not Path(data).is_absolute() else [])
+            found = next((c / "manifest.json" for c in cands if (c / "manifest.json").is_file()), None)
+            if found is None:
+                raise FileNotFoundError(f"no manifest.json in {data}")
+            man = json.loads(found.read_text())
             names = {int(c["index"]): str(c.get("name") or c.get("id")) for c in man.get("classes", [])}
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.info("no class names for %s (%s); showing numbers", model_dir, e)
