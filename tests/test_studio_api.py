@@ -160,6 +160,8 @@ def test_fit_applies_the_cli_resize_rule(base):
     assert st == 200 and "40x48" in out["rule"]
     ref, _ = fit_image(Image.fromarray(img), 32)
     assert np.array_equal(_pixels(out["image"]), np.asarray(ref))
+    st, out = _post(base + "/api/fit", {"image": "data:image/png;base64," + base64.b64encode(b"GIF89a?").decode()})
+    assert st == 400 and "image:" in out["error"]
 
 
 # ------------------------------------------------------------------ generate = the CLI
@@ -221,6 +223,8 @@ def test_generate_strip_shows_every_step(base):
     ({"classes": [1], "steps": 0}, 400, "steps must be an integer"),
     ({"classes": [1], "steps": 2.5}, 400, "steps must be an integer"),
     ({"classes": [1], "seed": -1}, 400, "seed must be an integer"),
+    ({"classes": [1], "seed": 1e400}, 400, "seed must be an integer"),
+    ({"classes": [1], "guidance_scale": float("nan")}, 400, "guidance_scale must be a number"),
     ({"classes": [1], "schedule": "nope"}, 400, r"unknown schedule 'nope'; choose one of \['cosine'"),
     ({"classes": [1], "order": "random"}, 400, "unknown order 'random'; choose one of"),
     ({"classes": [1], "guidance_schedule": "x"}, 400, "unknown guidance_schedule"),

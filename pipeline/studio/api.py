@@ -57,7 +57,7 @@ def _int(req: dict, key: str, default: int | None, lo: int, hi: int) -> int | No
     try:
         f = float(v)
         i = int(f)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RequestError(f"{key} must be an integer in [{lo}, {hi}], got {v!r}") from None
     if i != f or not lo <= i <= hi:
         raise RequestError(f"{key} must be an integer in [{lo}, {hi}], got {v!r}")
