@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_OUT ?= demo-out
 
-.PHONY: venv demo demo-quick test test-all clean
+.PHONY: venv demo demo-quick test test-all browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,10 +27,22 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(VENV)/bin/maskgit-pipeline demo --quick --out $(DEMO_OUT)
 
-test: $(STAMP)
+# The studio's browser test drives the system Chromium (tests/test_studio_browser.py). As root,
+# install it when missing; otherwise that test skips and says why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium + chromium-driver for the studio's browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "note: no /usr/bin/chromium or /usr/bin/chromedriver and not root: the browser test will skip"; \
+	  fi; \
+	fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 clean:

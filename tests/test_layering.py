@@ -62,6 +62,8 @@ RULES = [
     ("pipeline.evaluation", ("pipeline.data", "pipeline.train", "pipeline.generate", "pipeline.demo",
                              "pipeline.cli", "tokenizer", "transformer")),
     ("pipeline.demo", ("pipeline.cli",)),
+    # the studio serves generate's functions; it never trains, and only its CLI verb knows about it
+    ("pipeline.studio", ("pipeline.cli", "pipeline.train", "pipeline.data", "deepspeed", "ray")),
 ]
 
 
