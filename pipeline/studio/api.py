@@ -23,8 +23,9 @@ from transformer.editing import parse_bbox, parse_extend
 from transformer.sampling import GUIDANCE_SCHEDULES, ORDERS
 from transformer.schedules import SCHEDULES
 
-from pipeline.generate import (ar_sample_images, edit_inpaint, edit_outpaint, edit_replace, fit_image, load_image,
+from pipeline.generate import (edit_inpaint, edit_outpaint, edit_replace, fit_image, load_image,
                                load_mask, load_pair, make_grid, sample_images, step_progression, to_uint8)
+from pipeline.generate.sampling import sample_batches
 from pipeline.studio.models import StudioPaths, class_table, held_out_samples
 
 __all__ = ["RequestError", "Studio", "BATCH_SIZE", "MAX_IMAGE_BYTES", "MAX_IMAGE_SIDE"]
@@ -220,13 +221,10 @@ class Studio:
         with self.lock, torch.no_grad():
             t0 = time.perf_counter()
             imgs, strip = [], None
-            for start in range(0, len(labels), BATCH_SIZE):
-                lb = labels[start:start + BATCH_SIZE]
-                rec = start <= strip_index < start + len(lb)
-                x, res = sample_images(self.m.model, self.m.vq, lb, seed=seed + start, record=rec,
-                                       return_result=True, **kw)
-                imgs.append(to_uint8(x))
-                if rec:
+            for start, u8, _, res in sample_batches(self.m.model, self.m.vq, labels, batch_size=BATCH_SIZE, seed=seed,
+                                                    ar=False, record=True, **kw):
+                imgs.append(u8)
+                if start <= strip_index < start + len(u8):
                     strip = step_progression(self.m.vq, res, self.m.model.config.latent_size,
                                              index=strip_index - start)
             seconds = time.perf_counter() - t0
@@ -237,8 +235,8 @@ class Studio:
                    "cli": self._sample_cli(cls, n, seed, kw)}
             if compare_ar:
                 t0 = time.perf_counter()
-                ar = [to_uint8(ar_sample_images(self.m.ar, self.m.vq, labels[s:s + BATCH_SIZE], seed=seed + s))
-                      for s in range(0, len(labels), BATCH_SIZE)]
+                ar = [u8 for _, u8, _, _ in sample_batches(self.m.ar, self.m.vq, labels, batch_size=BATCH_SIZE,
+                                                            seed=seed, ar=True)]
                 out["ar"] = {"grid": png_data_url(make_grid(np.concatenate(ar), nrow=n)),
                              "seconds": round(time.perf_counter() - t0, 4)}
         log.info("generate: %d images in %.3f s", len(labels), seconds)
