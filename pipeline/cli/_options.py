@@ -11,7 +11,7 @@ import click
 from click.core import ParameterSource
 from maskgit_core.errors import ConfigError
 
-__all__ = ["Command", "DeprecatedOption", "deprecated_option", "warn_deprecated", "Schedule", "POSITIVE_INT",
+__all__ = ["Command", "DeprecatedOption", "verb_of", "deprecated_option", "warn_deprecated", "Schedule", "POSITIVE_INT",
            "NON_NEGATIVE_INT", "NON_NEGATIVE_FLOAT", "POSITIVE_FLOAT", "SEED", "DEVICES", "resolve_device",
            "parse_labels", "check_labels", "check_dataset_path", "transformer_config", "tokenizer_config"]
 
@@ -24,6 +24,15 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 # --- deprecated spellings: hidden options folded into the current one, with a line on stderr
+
+def verb_of(ctx: click.Context) -> str:
+    """"sample", "edit inpaint": the command path without the program name."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
 
 def warn_deprecated(old: str, new: str) -> None:
     """The one deprecation line (stderr): the old spelling, the new one, and when the old one goes."""
@@ -60,7 +69,6 @@ class Command(click.Command):
             if ctx.get_parameter_source(p.name) != ParameterSource.COMMANDLINE:
                 continue
             old = "/".join(p.opts)
-            warn_deprecated(f"{ctx.command_path} {old}", p.use)
             current = ctx.params.get(p.replaces)
             if isinstance(current, tuple):
                 ctx.params[p.replaces] = tuple(value) + current
@@ -68,6 +76,7 @@ class Command(click.Command):
                 raise ConfigError(f"{old} and {p.use} given together; pass {p.use} only")
             else:
                 ctx.params[p.replaces] = value
+            warn_deprecated(f"{verb_of(ctx)} {old}", p.use)
         return rest
 
 

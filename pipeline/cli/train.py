@@ -6,7 +6,8 @@ import json
 import click
 from maskgit_core.errors import ConfigError
 
-from pipeline.cli._options import POSITIVE_INT, Command, check_dataset_path, deprecated_option, warn_deprecated
+from pipeline.cli._options import (POSITIVE_INT, Command, check_dataset_path, deprecated_option, verb_of,
+                                   warn_deprecated)
 
 __all__ = ["register", "train_cmd", "train_export_cmd", "check_overrides"]
 
@@ -63,7 +64,7 @@ def train_cmd(dataset, overrides, out, nproc, objective, config, ds_config, resu
     check_dataset_path(dataset)
     items = check_overrides(overrides)
     if resume == "":
-        warn_deprecated(f"{click.get_current_context().command_path} --resume ''", "--resume none")
+        warn_deprecated(f"{verb_of(click.get_current_context())} --resume ''", "--resume none")
         resume = "none"
 
     from pipeline.train.launcher import run_training
