@@ -11,7 +11,7 @@ __all__ = ["register"]
 
 
 @click.command("make-demo-data")
-@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("out", metavar="SOURCE", type=click.Path(file_okay=False))
 @click.option("--image-size", type=int, default=32, show_default=True, help="Side of the images (32-64 px).")
 @click.option("--num-classes", type=int, default=16, show_default=True, help="Classes, one per built-in photo (10-16).")
 @click.option("--train-per-class", type=int, default=200, show_default=True)
@@ -21,8 +21,8 @@ __all__ = ["register"]
               help="Also write truncated, empty, CMYK, grayscale and PNG-named-JPEG files (see bad_files.json).")
 def make_demo_data_cmd(out, image_size, num_classes, train_per_class, val_per_class, seed, with_bad_files) -> None:
     """Write the built-in demo dataset (crops of scikit-image's photos, class = photo) in the
-    ImageNet folder layout with JPEG files: OUT/train/<class>/*.JPEG, OUT/val/<class>/*.JPEG,
-    OUT/classes.json.
+    ImageNet folder layout with JPEG files: SOURCE/train/<class>/*.JPEG, SOURCE/val/<class>/*.JPEG,
+    SOURCE/classes.json (the SOURCE of `tokenize` and `train-tokenizer`).
 
     \b
     Example:
