@@ -157,3 +157,29 @@ def test_ray_job_commands_in_docs_use_tokenize_flags():
     for doc, words in commands:
         bad = [f for f in _flags(words) if f not in allowed]
         assert not bad, f"{doc}: `jobs/tokenize_imagenet.py {' '.join(words)}` uses {bad}, not tokenize flags"
+
+
+def _all_commands(group: click.Group = cli, prefix: str = ""):
+    for name, cmd in group.commands.items():
+        yield f"{prefix}{name}", cmd
+        if isinstance(cmd, click.Group):
+            yield from _all_commands(cmd, f"{prefix}{name} ")
+
+
+def test_help_examples_use_current_flags():
+    """The `Example:` lines of every verb's --help are commands too."""
+    checked = 0
+    for path, cmd in _all_commands():
+        text = (cmd.help or "").replace("\\\n", " ")
+        for line in text.splitlines():
+            words = _words(line)
+            if not words or words[0] != "maskgit-pipeline":
+                continue
+            target, rest = cli, words[1:]
+            while isinstance(target, click.Group) and rest and rest[0] in target.commands:
+                target = target.commands[rest.pop(0)]
+            assert not isinstance(target, click.Group), f"{path} --help: `{line.strip()}` names no verb"
+            bad = [f for f in _flags(rest) if f not in _current_options(target)]
+            assert not bad, f"{path} --help: `{line.strip()}` uses {bad}"
+            checked += 1
+    assert checked >= 10
