@@ -100,7 +100,8 @@ def verify_cmd(dataset, source, layout, split, val_labels, as_json) -> None:
 @click.option("--tokenizer", "tokenizer_dir", default=None, type=click.Path(exists=True, file_okay=False),
               help="Tokenizer that made DATASET; with it, a PNG grid of decoded samples is written.")
 @click.option("--report-dir", default="inspect_report", show_default=True, help="Where to write JSON and PNGs.")
-@click.option("--samples", "num_samples", type=NON_NEGATIVE_INT, default=16, show_default=True, help="Samples in the grid.")
+@click.option("--samples", "num_samples", type=NON_NEGATIVE_INT, default=16, show_default=True,
+              help="Samples in the grid.")
 def inspect_cmd(dataset, tokenizer_dir, report_dir, num_samples) -> None:
     """Per-class counts, codebook usage histogram, perplexity, dead codes, and decoded samples.
 

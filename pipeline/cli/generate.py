@@ -210,7 +210,8 @@ def replace_cmd(checkpoint, tokenizer_dir, image, label, decode_steps, seed, sch
 @_edit_common
 @click.option("--mask", "mask_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Mask image: white (>127) = regenerate. Resized/cropped like the image (nearest).")
-@click.option("--dilation", type=NON_NEGATIVE_INT, default=0, show_default=True, help="Grow the token mask by N tokens.")
+@click.option("--dilation", type=NON_NEGATIVE_INT, default=0, show_default=True,
+              help="Grow the token mask by N tokens.")
 @click.option("--feather", type=NON_NEGATIVE_INT, default=None, help="Blend ramp in px (default: one patch).")
 def inpaint_cmd(checkpoint, tokenizer_dir, image, label, decode_steps, seed, schedule, device, out, mask_path,
                 dilation, feather):
@@ -242,8 +243,10 @@ def inpaint_cmd(checkpoint, tokenizer_dir, image, label, decode_steps, seed, sch
 @click.option("--extend", required=True,
               help=f"Pixels per side, e.g. left=128,right=128 (rounded up to patches; at most "
                    f"{MAX_EXTEND_FACTOR} x the tokenizer's image size per side).")
-@click.option("--stride", type=POSITIVE_INT, default=None, help="Window stride in tokens (default half the model grid).")
-@click.option("--feather", type=NON_NEGATIVE_INT, default=None, help="Blend ramp in px at the seam (default one patch).")
+@click.option("--stride", type=POSITIVE_INT, default=None,
+              help="Window stride in tokens (default half the model grid).")
+@click.option("--feather", type=NON_NEGATIVE_INT, default=None,
+              help="Blend ramp in px at the seam (default one patch).")
 def outpaint_cmd(checkpoint, tokenizer_dir, image, label, decode_steps, seed, schedule, device, out, extend, stride,
                  feather):
     """Outpaint: grow the canvas on any side; new tokens are generated in overlapping model-size windows.
