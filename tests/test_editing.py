@@ -191,10 +191,10 @@ def test_cli_edit_commands(models, tmp_path):
     assert "resize rule: input 48x40 -> shorter side to 32" in r.output
     assert Image.open(tmp_path / "rep.png").size == (32, 32)
     r = _run(["edit", "inpaint", *common, "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "inp.png"),
-              "--steps", "4"])
+              "--decode-steps", "4"])
     assert r.exit_code == 0, r.output
     r = _run(["edit", "outpaint", *common, "--extend", "left=16,right=16", "--out", str(tmp_path / "out.png"),
-              "--steps", "4"])
+              "--decode-steps", "4"])
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "out.png").size == (64, 32)
     Image.fromarray(mask[:32]).save(tmp_path / "small_mask.png")
@@ -219,6 +219,6 @@ def test_edit_and_sample_on_converted_official_weights(official_tiny, tmp_path):
               "--class", "207", "--out", str(tmp_path / "rep.png")])
     assert r.exit_code == 0, r.output
     assert "(16 tokens regenerated)" in r.output  # t=0, b=min(4, 2+1+1)=4, l=0, r=4 on the 4x4 grid
-    r = _run(["sample", *ck, "--classes", "1,980", "--n", "1", "--out", str(tmp_path / "g.png")])
+    r = _run(["sample", *ck, "--classes", "1,980", "--per-class", "1", "--out", str(tmp_path / "g.png")])
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "g" / "00001_class980.png").size == (64, 64)

@@ -189,8 +189,8 @@ def test_cli_sample_grid_images_steps_and_npz(ckpts, tmp_path):
 
     out = tmp_path / "grid.png"
     r = _run(["sample", "--checkpoint", str(ckpts / "mvtm"), "--tokenizer", str(ckpts / "tok"), "--classes", "1,2",
-              "--n", "3", "--steps", "8", "--schedule", "cosine", "--seed", "0", "--out", str(out), "--save-steps",
-              "--npz", str(tmp_path / "gen.npz"), "--batch-size", "4", "--device", "cpu"])
+              "--per-class", "3", "--decode-steps", "8", "--schedule", "cosine", "--seed", "0", "--out", str(out),
+              "--save-steps", "--npz", str(tmp_path / "gen.npz"), "--batch-size", "4", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     singles = sorted((tmp_path / "grid").glob("*.png"))
     assert [p.name for p in singles][:4] == ["00000_class1.png", "00001_class1.png", "00002_class1.png",
@@ -203,7 +203,7 @@ def test_cli_sample_grid_images_steps_and_npz(ckpts, tmp_path):
     assert z["images"].shape == (6, 32, 32, 3) and z["labels"].tolist() == [1, 1, 1, 2, 2, 2]
     # same seed -> same files, batch size notwithstanding
     r = _run(["sample", "--checkpoint", str(ckpts / "mvtm"), "--tokenizer", str(ckpts / "tok"), "--classes", "1,2",
-              "--n", "3", "--seed", "0", "--out", str(tmp_path / "again.png"), "--batch-size", "6",
+              "--per-class", "3", "--seed", "0", "--out", str(tmp_path / "again.png"), "--batch-size", "6",
               "--device", "cpu"])
     assert r.exit_code == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / "00004_class2.png")),
@@ -211,7 +211,7 @@ def test_cli_sample_grid_images_steps_and_npz(ckpts, tmp_path):
 
 
 def test_cli_sample_ar_and_errors(ckpts, tmp_path):
-    base = ["sample", "--tokenizer", str(ckpts / "tok"), "--classes", "3", "--n", "2", "--device", "cpu"]
+    base = ["sample", "--tokenizer", str(ckpts / "tok"), "--classes", "3", "--per-class", "2", "--device", "cpu"]
     r = _run(base + ["--checkpoint", str(ckpts / "ar"), "--ar", "--out", str(tmp_path / "ar.png")])
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "ar").glob("*.png"))) == 2

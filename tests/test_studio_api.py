@@ -172,14 +172,14 @@ def test_generate_equals_cli_sample_bit_for_bit(base, ckpts, tmp_path):
     assert st == 200, out
     assert out["labels"] == [1, 1, 1, 2, 2, 2]  # classes repeated per class, as the CLI
     grid = tmp_path / "grid.png"
-    _cli(["sample", "--checkpoint", ckpts / "mvtm", "--tokenizer", ckpts / "tok", "--classes", "1,2", "--n", 3,
-          "--seed", 7, "--steps", 6, "--schedule", "linear", "--choice-temperature", 3.0, "--save-steps",
+    _cli(["sample", "--checkpoint", ckpts / "mvtm", "--tokenizer", ckpts / "tok", "--classes", "1,2", "--per-class", 3,
+          "--seed", 7, "--decode-steps", 6, "--schedule", "linear", "--choice-temperature", 3.0, "--save-steps",
           "--out", grid])
     assert np.array_equal(_pixels(out["grid"]), _file_pixels(grid))
     for i, (url, c) in enumerate(zip(out["images"], out["labels"])):
         assert np.array_equal(_pixels(url), _file_pixels(tmp_path / "grid" / f"{i:05d}_class{c}.png"))
     assert np.array_equal(_pixels(out["strip"]), _file_pixels(tmp_path / "grid" / "steps" / "00004_class2.png"))
-    assert "--classes 1,2 --n 3 --seed 7 --steps 6 --schedule linear" in out["cli"]
+    assert "--classes 1,2 --per-class 3 --seed 7 --decode-steps 6 --schedule linear" in out["cli"]
 
 
 def test_generate_over_one_batch_uses_the_cli_seeds(base, ckpts, tmp_path):
@@ -187,8 +187,8 @@ def test_generate_over_one_batch_uses_the_cli_seeds(base, ckpts, tmp_path):
     st, out = _post(base + "/api/generate", {"classes": [0, 5, 9], "n": 12, "seed": 2, "steps": 4,
                                              "strip_index": 35})
     assert st == 200 and len(out["images"]) == 36, out
-    _cli(["sample", "--checkpoint", ckpts / "mvtm", "--tokenizer", ckpts / "tok", "--classes", "0,5,9", "--n", 12,
-          "--seed", 2, "--steps", 4, "--save-steps", "--out", tmp_path / "g.png"])
+    _cli(["sample", "--checkpoint", ckpts / "mvtm", "--tokenizer", ckpts / "tok", "--classes", "0,5,9", "--per-class", 12,
+          "--seed", 2, "--decode-steps", 4, "--save-steps", "--out", tmp_path / "g.png"])
     assert np.array_equal(_pixels(out["grid"]), _file_pixels(tmp_path / "g.png"))
     assert np.array_equal(_pixels(out["strip"]), _file_pixels(tmp_path / "g" / "steps" / "00035_class9.png"))
 
@@ -197,9 +197,9 @@ def test_generate_halton_and_ar_side_by_side_equal_the_cli(base, ckpts, tmp_path
     st, out = _post(base + "/api/generate", {"classes": [3], "n": 2, "seed": 1, "order": "halton",
                                              "compare_ar": True})
     assert st == 200, out
-    _cli(["sample", "--checkpoint", ckpts / "mvtm", "--tokenizer", ckpts / "tok", "--classes", "3", "--n", 2,
+    _cli(["sample", "--checkpoint", ckpts / "mvtm", "--tokenizer", ckpts / "tok", "--classes", "3", "--per-class", 2,
           "--seed", 1, "--order", "halton", "--out", tmp_path / "h.png"])
-    _cli(["sample", "--checkpoint", ckpts / "ar", "--tokenizer", ckpts / "tok", "--classes", "3", "--n", 2,
+    _cli(["sample", "--checkpoint", ckpts / "ar", "--tokenizer", ckpts / "tok", "--classes", "3", "--per-class", 2,
           "--seed", 1, "--ar", "--out", tmp_path / "ar.png"])
     assert np.array_equal(_pixels(out["grid"]), _file_pixels(tmp_path / "h.png"))
     assert np.array_equal(_pixels(out["ar"]["grid"]), _file_pixels(tmp_path / "ar.png"))
@@ -264,7 +264,7 @@ def test_edit_inpaint_equals_cli_and_keeps_unmasked_pixels(base, ckpts, tmp_path
     Image.fromarray(img).save(tmp_path / "in.png")
     Image.fromarray(mask).save(tmp_path / "mask.png")
     _cli(["edit", "inpaint", "--checkpoint", ckpts / "mvtm", "--tokenizer", ckpts / "tok", "--image",
-          tmp_path / "in.png", "--mask", tmp_path / "mask.png", "--class", 4, "--seed", 11, "--steps", 10,
+          tmp_path / "in.png", "--mask", tmp_path / "mask.png", "--class", 4, "--seed", 11, "--decode-steps", 10,
           "--out", tmp_path / "cli.png"])
     got = _pixels(out["image"])
     assert np.array_equal(got, _file_pixels(tmp_path / "cli.png"))

@@ -13,7 +13,6 @@ import base64
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -136,9 +135,9 @@ def test_generate_paint_inpaint_outpaint_equal_the_cli(driver, base, ckpts, shot
     grid = _pixels_of_url(drv.find_element(By.ID, "gen-grid").get_attribute("src"))
     ar_grid = _pixels_of_url(drv.find_element(By.ID, "ar-grid").get_attribute("src"))
     strip = _pixels_of_url(drv.find_element(By.ID, "gen-strip").get_attribute("src"))
-    _cli("sample", "--checkpoint", ckpts / "mvtm", "--tokenizer", ckpts / "tok", "--classes", "1,2", "--n", 4,
-         "--seed", 3, "--steps", 8, "--save-steps", "--out", tmp_path / "grid.png")
-    _cli("sample", "--checkpoint", ckpts / "ar", "--tokenizer", ckpts / "tok", "--classes", "1,2", "--n", 4,
+    _cli("sample", "--checkpoint", ckpts / "mvtm", "--tokenizer", ckpts / "tok", "--classes", "1,2", "--per-class", 4,
+         "--seed", 3, "--decode-steps", 8, "--save-steps", "--out", tmp_path / "grid.png")
+    _cli("sample", "--checkpoint", ckpts / "ar", "--tokenizer", ckpts / "tok", "--classes", "1,2", "--per-class", 4,
          "--seed", 3, "--ar", "--out", tmp_path / "ar.png")
     assert np.array_equal(grid, _file(tmp_path / "grid.png"))
     assert np.array_equal(ar_grid, _file(tmp_path / "ar.png"))

@@ -10,7 +10,7 @@ import math
 import numpy as np
 from maskgit_core.errors import ConfigError
 
-__all__ = ["SCHEDULES", "mask_ratio", "mask_len", "mask_len_sequence", "mask_len_table", "canonical_schedule"]
+__all__ = ["SCHEDULES", "SCHEDULE_ALIASES", "mask_ratio", "mask_len", "mask_len_sequence", "mask_len_table", "canonical_schedule"]
 
 # name -> description; aliases map the official spellings ("uniform", "pow2", ...) here.
 SCHEDULES = {
@@ -24,6 +24,7 @@ SCHEDULES = {
 }
 _ALIASES = {"uniform": "linear", "pow1": "linear", "pow2": "square", "pow3": "cubic", "pow0.5": "sqrt",
             "square-root": "sqrt", "square_root": "sqrt", "exponential": "exp", "logarithmic": "log"}
+SCHEDULE_ALIASES = _ALIASES  # public: the command line accepts these spellings too
 
 
 def canonical_schedule(method: str) -> str:

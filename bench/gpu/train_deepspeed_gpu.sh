@@ -19,7 +19,7 @@ for cfg in ds_config ds_config_zero3; do
   left=$((budget - (SECONDS - start)))
   [ "$left" -lt 40 ] && { echo "$cfg: skipped, $left s left" >> "$OUT/train_ds_summary.txt"; continue; }
   t0=$SECONDS
-  timeout "$left" deepspeed --num_gpus 1 jobs/train_mvtm.py --deepspeed_config jobs/$cfg.json \
+  timeout "$left" deepspeed --num_gpus 1 jobs/train_mvtm.py --ds-config jobs/$cfg.json \
       --config jobs/train_debug.json --data /tmp/tok --out /tmp/run_$cfg \
       model=official256 steps=30 warmup_steps=5 save_every=30 log_every=5 > "$OUT/train_$cfg.log" 2>&1
   echo "$cfg rc=$? seconds=$((SECONDS - t0))" >> "$OUT/train_ds_summary.txt"

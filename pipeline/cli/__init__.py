@@ -12,13 +12,18 @@ __all__ = ["main", "cli"]
 
 
 class _Group(click.Group):
-    """Turn the errors a user can cause into one clear line and exit code 2: the project's own
-    errors (``MaskGITError``: shards, checkpoints, settings) and a path that does not exist or
-    cannot be read. Any other exception is a bug and keeps its traceback."""
+    """Turn the errors a user can cause into one clear line and exit code 2: a flag out of its
+    range or an unknown choice (click's usage errors, which name the flag and what is allowed),
+    the project's own errors (``MaskGITError``: shards, checkpoints, settings) and a path that does
+    not exist or cannot be read. Any other exception is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            click.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
+            sys.exit(2)
         except MaskGITError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from pipeline.cli._options import POSITIVE_INT
+
 __all__ = ["register"]
 
 
@@ -17,11 +19,11 @@ def convert_group() -> None:
 @click.option("--transformer", "transformer_path", type=click.Path(exists=True, dir_okay=False),
               help="Official transformer file, e.g. maskgit_imagenet256_checkpoint.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--image-size", type=int, default=None,
+@click.option("--image-size", type=POSITIVE_INT, default=None,
               help="Tokenizer resolution when no transformer is given (default 256).")
-@click.option("--num-classes", type=int, default=1000, show_default=True,
+@click.option("--num-classes", type=POSITIVE_INT, default=1000, show_default=True,
               help="Classes in the transformer's vocabulary when no tokenizer is given.")
-@click.option("--num-groups", type=int, default=32, show_default=True,
+@click.option("--num-groups", type=POSITIVE_INT, default=32, show_default=True,
               help="GroupNorm groups of the tokenizer (not stored in the file; official: 32).")
 def convert_official_cmd(tokenizer_path, transformer_path, out, image_size, num_classes, num_groups) -> None:
     """Read official Flax msgpack checkpoints (no JAX needed) and write safetensors + config.json.

@@ -7,6 +7,7 @@ import sys
 import click
 
 from tokenizer.preprocess import AUGMENTATIONS
+from pipeline.cli._options import NON_NEGATIVE_INT, POSITIVE_INT, check_dataset_path
 from pipeline.data.sources import LABEL_MAPS, LAYOUTS
 
 __all__ = ["register", "tokenize_cmd", "verify_cmd", "inspect_cmd"]
@@ -16,7 +17,7 @@ _FORMATS = {"parquet": ("parquet",), "webdataset": ("webdataset",), "both": ("pa
 
 @click.command("tokenize")
 @click.argument("source")
-@click.argument("out")
+@click.argument("dataset")
 @click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Tokenizer checkpoint directory (model.safetensors + config.json).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True, help="Source layout.")
@@ -28,20 +29,20 @@ _FORMATS = {"parquet": ("parquet",), "webdataset": ("webdataset",), "both": ("pa
               help="Shard format(s) to write.")
 @click.option("--augment", "augment", multiple=True, type=click.Choice(AUGMENTATIONS),
               help="Also store these views (repeatable): hflip, tencrop (from a 1.1x resize).")
-@click.option("--unit-size", type=int, default=256, show_default=True, help="Images per work unit / shard.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per encoder forward pass.")
+@click.option("--unit-size", type=POSITIVE_INT, default=256, show_default=True, help="Images per work unit / shard.")
+@click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True, help="Images per encoder forward pass.")
 @click.option("--search", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True,
               help="Nearest-code search backend (identical ids).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Encoder device; auto uses GPU actors when the cluster has GPUs.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Encoder precision.")
-@click.option("--num-encoders", type=int, default=None, help="Encoder actors (default: one per GPU).")
+@click.option("--num-encoders", type=POSITIVE_INT, default=None, help="Encoder actors (default: one per GPU).")
 @click.option("--ray-address", default=None, help="Ray cluster to use (default: start a local one).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT (fail if there is none).")
-def tokenize_cmd(source, out, tokenizer_dir, layout, split, label_map, val_labels, fmt, augment, unit_size,
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in DATASET (fail if there is none).")
+def tokenize_cmd(source, dataset, tokenizer_dir, layout, split, label_map, val_labels, fmt, augment, unit_size,
                  batch_size, search, device, precision, num_encoders, ray_address, resume) -> None:
-    """Tokenize the images of SOURCE into token shards in OUT (local path or s3://, gs://).
+    """Tokenize the images of SOURCE into the token dataset DATASET (a folder: local path or s3://, gs://).
 
     Exactly once: a rerun (or --resume) skips finished work units; manifest.json is written last.
 
@@ -53,7 +54,7 @@ def tokenize_cmd(source, out, tokenizer_dir, layout, split, label_map, val_label
     from pipeline.cli.progress import Progress, format_eta
     from pipeline.data.tokenize_job import TokenizeConfig, run_tokenize
 
-    cfg = TokenizeConfig(source=source, out=out, tokenizer=tokenizer_dir, layout=layout, split=split,
+    cfg = TokenizeConfig(source=source, out=dataset, tokenizer=tokenizer_dir, layout=layout, split=split,
                          label_map=label_map, val_labels=val_labels, formats=_FORMATS[fmt],
                          augmentations=tuple(augment), unit_size=unit_size, batch_size=batch_size, search=search,
                          device=device, precision=precision, num_encoders=num_encoders, ray_address=ray_address,
@@ -63,18 +64,18 @@ def tokenize_cmd(source, out, tokenizer_dir, layout, split, label_map, val_label
             p.units_done, p.units_total, images=f"{p.images_done}/{p.images_total}",
             img_per_s=p.images_per_s if p.images_per_s is not None else "?", eta=format_eta(p.eta_s)))
     c = r.manifest.counts
-    click.echo(f"{out}: {c['samples']} samples, {c['errors']} errors of {c['images']} images; "
+    click.echo(f"{dataset}: {c['samples']} samples, {c['errors']} errors of {c['images']} images; "
                f"{r.units_run} units run, {r.units_skipped} already done; {r.seconds:.1f} s")
 
 
 @click.command("verify")
-@click.argument("out")
+@click.argument("dataset")
 @click.option("--source", default=None, help="Also check against this source's listing (every image once).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True)
 @click.option("--split", default=None, help="Source split (default: the one in the manifest).")
 @click.option("--val-labels", default=None, help="Ground truth for a flat val source.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify_cmd(out, source, layout, split, val_labels, as_json) -> None:
+def verify_cmd(dataset, source, layout, split, val_labels, as_json) -> None:
     """Check a token dataset: manifest vs shards (counts, checksums, unique keys), and with --source
     that every source image is in exactly one shard or the error report. Exit 1 on problems.
 
@@ -85,8 +86,9 @@ def verify_cmd(out, source, layout, split, val_labels, as_json) -> None:
     from pipeline.cli.progress import Progress
     from pipeline.data.verify import verify_dataset
 
+    check_dataset_path(dataset)
     with Progress("verify", unit="shards") as bar:
-        rep = verify_dataset(out, source=source, layout=layout, split=split, val_labels=val_labels,
+        rep = verify_dataset(dataset, source=source, layout=layout, split=split, val_labels=val_labels,
                              progress=bar.update)
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=1))
@@ -101,12 +103,13 @@ def verify_cmd(out, source, layout, split, val_labels, as_json) -> None:
 
 
 @click.command("inspect")
-@click.argument("out")
+@click.argument("dataset")
 @click.option("--tokenizer", "tokenizer_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Tokenizer that made OUT; with it, a PNG grid of decoded samples is written.")
+              help="Tokenizer that made DATASET; with it, a PNG grid of decoded samples is written.")
 @click.option("--report-dir", default="inspect_report", show_default=True, help="Where to write JSON and PNGs.")
-@click.option("--samples", "num_samples", type=int, default=16, show_default=True, help="Samples in the grid.")
-def inspect_cmd(out, tokenizer_dir, report_dir, num_samples) -> None:
+@click.option("--samples", "num_samples", type=NON_NEGATIVE_INT, default=16, show_default=True,
+              help="Samples in the grid.")
+def inspect_cmd(dataset, tokenizer_dir, report_dir, num_samples) -> None:
     """Per-class counts, codebook usage histogram, perplexity, dead codes, and decoded samples.
 
     \b
@@ -116,8 +119,9 @@ def inspect_cmd(out, tokenizer_dir, report_dir, num_samples) -> None:
     from pipeline.cli.progress import Progress
     from pipeline.data.inspect import inspect_dataset
 
+    check_dataset_path(dataset)
     with Progress("inspect", unit="shards") as bar:
-        rep = inspect_dataset(out, report_dir=report_dir, tokenizer_dir=tokenizer_dir, num_samples=num_samples,
+        rep = inspect_dataset(dataset, report_dir=report_dir, tokenizer_dir=tokenizer_dir, num_samples=num_samples,
                               progress=bar.update)
     u = rep.usage
     click.echo(f"{rep.samples} samples in {len(rep.class_counts)} classes; codes used {u['used_codes']}/"

@@ -5,11 +5,13 @@ import sys
 
 import click
 
+from pipeline.cli._options import POSITIVE_FLOAT, POSITIVE_INT, SEED
+
 __all__ = ["register"]
 
 
 @click.command("make-demo-data")
-@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("out", metavar="SOURCE", type=click.Path(file_okay=False))
 @click.option("--image-size", type=int, default=32, show_default=True, help="Side of the images (32-64 px).")
 @click.option("--num-classes", type=int, default=16, show_default=True, help="Classes, one per built-in photo (10-16).")
 @click.option("--train-per-class", type=int, default=200, show_default=True)
@@ -19,8 +21,8 @@ __all__ = ["register"]
               help="Also write truncated, empty, CMYK, grayscale and PNG-named-JPEG files (see bad_files.json).")
 def make_demo_data_cmd(out, image_size, num_classes, train_per_class, val_per_class, seed, with_bad_files) -> None:
     """Write the built-in demo dataset (crops of scikit-image's photos, class = photo) in the
-    ImageNet folder layout with JPEG files: OUT/train/<class>/*.JPEG, OUT/val/<class>/*.JPEG,
-    OUT/classes.json.
+    ImageNet folder layout with JPEG files: SOURCE/train/<class>/*.JPEG, SOURCE/val/<class>/*.JPEG,
+    SOURCE/classes.json (the SOURCE of `tokenize` and `train-tokenizer`).
 
     \b
     Example:
@@ -36,18 +38,18 @@ def make_demo_data_cmd(out, image_size, num_classes, train_per_class, val_per_cl
 
 
 @click.command("train-tokenizer")
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
 @click.option("--preset", default="demo", show_default=True, help="Tokenizer preset (architecture + recipe).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory.")
-@click.option("--steps", type=int, default=None, help="Optimizer steps (default: the preset's recipe).")
-@click.option("--batch-size", type=int, default=None, help="Images per step (default: the preset's recipe).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate (default: the preset's recipe).")
-@click.option("--max-seconds", type=float, default=None, help="Stop after this much training time.")
-@click.option("--seed", type=int, default=None, help="Seed (default: the preset's recipe).")
-@click.option("--threads", type=int, default=None,
+@click.option("--steps", type=POSITIVE_INT, default=None, help="Optimizer steps (default: the preset's recipe).")
+@click.option("--batch-size", type=POSITIVE_INT, default=None, help="Images per step (default: the preset's recipe).")
+@click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate (default: the preset's recipe).")
+@click.option("--max-seconds", type=POSITIVE_FLOAT, default=None, help="Stop after this much training time.")
+@click.option("--seed", type=SEED, default=None, help="Seed (default: the preset's recipe).")
+@click.option("--threads", type=POSITIVE_INT, default=None,
               help="Torch threads (default: torch's; 1 is best when other jobs share the cores).")
-def train_tokenizer_cmd(data_dir, preset, out, steps, batch_size, lr, max_seconds, seed, threads) -> None:
-    """Train a small VQGAN on a folder of images (ImageNet layout DATA_DIR/train/<class>/*, or any
+def train_tokenizer_cmd(source, preset, out, steps, batch_size, lr, max_seconds, seed, threads) -> None:
+    """Train a small VQGAN on a folder of images SOURCE (ImageNet layout SOURCE/train/<class>/*, or any
     folder of images) and write safetensors + config.json, with held-out PSNR and codebook usage.
 
     \b
@@ -68,7 +70,7 @@ def train_tokenizer_cmd(data_dir, preset, out, steps, batch_size, lr, max_second
         click.echo(f"step {rec['step']:>5}/{cfg.steps}  loss {rec['loss']:.4f}  train PSNR "
                    f"{rec['train_psnr']:.2f} dB  {rec['seconds']:.0f} s")
 
-    res = train_tokenizer(data_dir, model_config=preset, config=cfg, out=out, on_log=on_log)
+    res = train_tokenizer(source, model_config=preset, config=cfg, out=out, on_log=on_log)
     m = res.metrics
     click.echo(f"images: {m['train_images']} for training, {m['val_images']} held out for evaluation")
     click.echo(f"held-out PSNR {m['psnr']:.2f} dB (init {m['init_psnr']:.2f}), codebook usage {m['usage']:.1%} "

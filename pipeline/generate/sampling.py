@@ -20,9 +20,13 @@ __all__ = ["load_pair", "decode_tokens", "sample_images", "ar_sample_images", "s
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; any other name is returned as given."""
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a CUDA device is a
+    ConfigError (raised before any model loads)."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device cuda, but this torch build ({torch.__version__}) sees no CUDA device; "
+                          "use --device cpu (or auto), or install a CUDA build of torch on a GPU machine")
     return name
 
 

@@ -244,7 +244,7 @@ class Studio:
 
     def _sample_cli(self, cls, n, seed, kw) -> str:
         return (f"maskgit-pipeline sample --checkpoint {self.paths.model} --tokenizer {self.paths.tokenizer} "
-                f"--classes {','.join(map(str, cls))} --n {n} --seed {seed} --steps {kw['steps']} "
+                f"--classes {','.join(map(str, cls))} --per-class {n} --seed {seed} --decode-steps {kw['steps']} "
                 f"--schedule {kw['schedule']} --choice-temperature {kw['choice_temperature']:g} "
                 f"--guidance-scale {kw['guidance_scale']:g} --guidance-schedule {kw['guidance_schedule']} "
                 f"--order {kw['order']} --out grid.png")
@@ -331,7 +331,7 @@ class Studio:
                 "width": out.shape[1], "height": out.shape[0], "tokens_regenerated": int(res.token_mask.sum()),
                 "seconds": round(seconds, 4), **extra,
                 "cli": (f"maskgit-pipeline {cli} --checkpoint {self.paths.model} --tokenizer {self.paths.tokenizer} "
-                        f"--image input.png --class {label} --seed {seed} --schedule {schedule} --steps {steps} "
+                        f"--image input.png --class {label} --seed {seed} --schedule {schedule} --decode-steps {steps} "
                         f"--out {op}.png")}
 
     @staticmethod

@@ -41,7 +41,8 @@ def jobs_dir() -> Path:
 def deepspeed_command(*, data: str, out: str, nproc: int = 2, ds_config: str | None = None,
                       config: str | None = None, objective: str = "mvtm", resume: str | None = "auto",
                       overrides: list[str] | None = None, master_port: int = 29500) -> list[str]:
-    """The `deepspeed` launcher command line that trains on ``nproc`` local ranks (CPU or GPU)."""
+    """The `deepspeed` launcher command line that trains on ``nproc`` local ranks (CPU or GPU).
+    ``resume``: 'auto', a checkpoint tag, or None to start fresh."""
     import shutil
     import sys
 
@@ -50,11 +51,10 @@ def deepspeed_command(*, data: str, out: str, nproc: int = 2, ds_config: str | N
     if ds_config is None:
         ds_config = str(jd / ("ds_config.json" if torch.cuda.is_available() else "ds_config_cpu.json"))
     cmd = [launcher, "--num_gpus", str(nproc), "--master_port", str(master_port), str(jd / "train_mvtm.py"),
-           "--deepspeed_config", ds_config, "--data", str(data), "--out", str(out), "--objective", objective]
+           "--ds-config", ds_config, "--data", str(data), "--out", str(out), "--objective", objective,
+           "--resume", resume or "none"]
     if config:
         cmd += ["--config", config]
-    if resume:
-        cmd += ["--resume", resume]
     return cmd + list(overrides or [])
 
 
