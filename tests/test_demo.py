@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.demo.stages import SCHEDULE_ORDER, judge_claims
+from pipeline.demo.evaluation import SCHEDULE_ORDER, judge_claims
 
 STAGE_NAMES = ["dataset", "train_tokenizer", "reconstructions", "tokenize", "verify", "train_mvtm", "train_ar",
                "sample", "edit", "evaluate"]

@@ -1,8 +1,9 @@
-"""The built-in demo dataset and the demo's stage runner / report."""
+"""The built-in demo dataset, the demo's settings, stage runner and report."""
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,9 @@ def test_cli_make_demo_data(tmp_path):
 
 
 def test_demo_runs_its_stages_and_reports_the_missing_ones(tmp_path):
-    from pipeline.demo.run import DemoSettings, Stage, StageUnavailable, run_demo
+    from pipeline.demo.context import StageUnavailable
+    from pipeline.demo.run import STAGES, Stage, run_demo
+    from pipeline.demo.settings import DemoSettings
     from tokenizer.train import TrainConfig
 
     def broken(ctx):
@@ -124,12 +127,10 @@ def test_demo_runs_its_stages_and_reports_the_missing_ones(tmp_path):
     def absent(ctx):
         raise StageUnavailable("module `x` is not in this build")
 
-    from pipeline.demo import run as demo
-
-    stages = demo.STAGES[:3] + (Stage("absent", "An absent stage", absent), Stage("broken", "A broken stage", broken),
-                                demo.STAGES[5])
-    settings = DemoSettings(quick=True, data=DemoDataConfig(**SMALL), tokenizer_preset="debug",
-                            tokenizer_train=TrainConfig(steps=3, batch_size=4, val_images=8, log_every=1))
+    stages = STAGES[:3] + (Stage("absent", "An absent stage", absent), Stage("broken", "A broken stage", broken),
+                           STAGES[5])
+    settings = replace(DemoSettings.quick(), data=DemoDataConfig(**SMALL), tokenizer_preset="debug",
+                       tokenizer_train=TrainConfig(steps=3, batch_size=4, val_images=8, log_every=1))
     seen: list[str] = []
     ctx, records = run_demo(tmp_path / "out", settings=settings, stages=stages, progress=seen.append)
     status = {r.name: r.status for r in records}
@@ -137,6 +138,7 @@ def test_demo_runs_its_stages_and_reports_the_missing_ones(tmp_path):
                       "broken": "failed", "train_mvtm": "skipped"}
     assert any(s.startswith("[2/6] Train the tokenizer") for s in seen)
     report = (tmp_path / "out" / "report.md").read_text()
+    assert report.startswith("# MaskGIT pipeline demo (quick)")
     assert "Stage `absent` not available in this build: module `x` is not in this build" in report
     assert "RuntimeError: boom" in report and "needs 'tokens'" in report
     for rel in ("figures/data_grid.png", "figures/tokenizer_reconstructions.png", "figures/tokenizer_loss.png"):
@@ -147,19 +149,80 @@ def test_demo_runs_its_stages_and_reports_the_missing_ones(tmp_path):
     rec = metrics["reconstructions"]
     assert rec["images"] == 20 and 0.0 < rec["usage"] <= 1.0 and rec["latent_grid"] == [8, 8]
     assert metrics["train_tokenizer"]["steps"] == 3
+    assert metrics["settings"]["tokenizer_preset"] == "debug" and metrics["settings"]["data"]["train_per_class"] == 3
     assert [c["verdict"] for c in metrics["claims"]] == ["not measured"] * 3
 
 
-@pytest.mark.parametrize("quick", [True, False])
-def test_demo_settings_fit_the_demo_transformer(quick):
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_demo_settings_fit_the_demo_transformer(name):
     import tokenizer
     import transformer
-    from pipeline.demo.run import demo_settings
+    from pipeline.demo.settings import DemoSettings
 
-    s = demo_settings(quick)
+    s = getattr(DemoSettings, name)()
+    assert s.name == name
     tok = tokenizer.preset(s.tokenizer_preset)
     tcfg = transformer.preset(s.transformer_preset)
     transformer.check_pair(tcfg, tok.codebook_size, tok.latent_size)  # raises if codebook or grid differ
     assert tok.image_size == s.data.image_size and tok.latent_size == 8
     assert tcfg.num_classes == s.data.num_classes == 16
     assert s.tokenizer_train.threads == 1 and s.tokenizer_train.max_seconds is not None
+    assert 8 in s.ablation_steps  # the T of "MaskGIT (T=8)" is also a point of the schedule ablation
+
+
+def test_quick_preset_is_smaller_than_full_everywhere():
+    from pipeline.demo.settings import DemoSettings
+
+    q, f = DemoSettings.quick(), DemoSettings.full()
+    assert f == DemoSettings()  # the defaults are the full demo
+    for k in ("train_steps", "eval_per_class", "ablation_per_class", "proxy_epochs", "cas_epochs", "timing_images"):
+        assert getattr(q, k) < getattr(f, k), k
+    assert q.data.train_per_class < f.data.train_per_class and q.tokenizer_train.steps < f.tokenizer_train.steps
+    assert set(q.ablation_steps) < set(f.ablation_steps)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(train_steps=0), "train_steps=0 must be >= 1"),
+                                      (dict(ablation_steps=(8, 4)), "ablation_steps must be increasing"),
+                                      (dict(edit_classes=(16, 20)), r"edit_classes .* one of them in \[0, 16\)"),
+                                      (dict(transformer_preset="nope"), "transformer_preset: unknown transformer"),
+                                      (dict(train_lr=0.0), "train_lr > 0")])
+def test_demo_settings_errors_name_the_field(kw, match):
+    from maskgit_core.errors import ConfigError
+    from pipeline.demo.settings import DemoSettings
+
+    with pytest.raises(ConfigError, match=match):
+        replace(DemoSettings.quick(), **kw)
+
+
+def test_a_changed_setting_reaches_the_dataset_stage(tmp_path):
+    from pipeline.demo.context import DemoContext
+    from pipeline.demo.settings import DemoSettings
+    from pipeline.demo.stages_tokenizer import stage_make_dataset
+
+    small = dict(SMALL, train_per_class=2, val_per_class=3)
+    for per_row in (2, 3):
+        settings = replace(DemoSettings.quick(), data=DemoDataConfig(**small), grid_per_class=per_row)
+        ctx = DemoContext(out=tmp_path / f"out{per_row}", settings=settings)
+        stage_make_dataset(ctx)
+        assert ctx.metrics["dataset"]["train_images"] == 10 * 2 and ctx.metrics["dataset"]["val_images"] == 10 * 3
+        # one row per class, ``grid_per_class`` images per row: 32 px + 2 px padding, upscaled 3x
+        with Image.open(ctx.out / "figures" / "data_grid.png") as im:
+            assert im.size == (3 * (per_row * 34 + 2), 3 * (10 * 34 + 2))
+
+
+def test_cli_demo_builds_the_settings_from_quick(tmp_path, monkeypatch):
+    from pipeline.demo import run as demo_run
+    from pipeline.demo.context import DemoContext, StageRecord
+    from pipeline.demo.settings import DemoSettings
+
+    got = []
+
+    def fake_run_demo(out, *, settings, progress):
+        got.append(settings)
+        return DemoContext(out=Path(out), settings=settings), [StageRecord("dataset", "Make the dataset", "ok")]
+
+    monkeypatch.setattr(demo_run, "run_demo", fake_run_demo)
+    for args in ([], ["--quick"]):
+        r = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "o"), *args])
+        assert r.exit_code == 0, r.output
+    assert got == [DemoSettings.full(), DemoSettings.quick()]

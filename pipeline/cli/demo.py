@@ -92,8 +92,10 @@ def demo_cmd(out, quick) -> None:
       maskgit-pipeline demo --quick --out demo-out
     """
     from pipeline.demo.run import run_demo
+    from pipeline.demo.settings import DemoSettings
 
-    ctx, records = run_demo(out, quick=quick, progress=click.echo)
+    settings = DemoSettings.quick() if quick else DemoSettings.full()
+    ctx, records = run_demo(out, settings=settings, progress=click.echo)
     click.echo(f"report: {ctx.out / 'report.md'}")
     failed = [r.name for r in records if r.status == "failed"]
     if failed:
