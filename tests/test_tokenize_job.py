@@ -295,7 +295,7 @@ def test_inspect_report(data, ref, tmp_path):
     m = read_manifest(ref["out"])
     u = rep.usage
     assert u["counts"].sum() == rep.samples * 64 == u["tokens"]
-    assert 1.0 <= u["perplexity"] <= u["used_codes"] <= 64 and u["dead_codes"] == 64 - u["used_codes"]
+    assert 1.0 <= u["perplexity"] <= u["codes_used"] <= 64 and u["dead_codes"] == 64 - u["codes_used"]
     assert sum(rep.class_counts.values()) == m.counts["samples"] and set(rep.class_counts) == set(CLASSES)
     grid = Image.open(rep.files["samples_png"])
     assert grid.size == (8 * 34 + 2, 2 * 34 + 2)
