@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import transformer as tfm
-from transformer.sampling import TorchGumbelNoise, decode
+from transformer.sampling import TorchGumbelNoise, decode, parallel_decode, sample_tokens
 from transformer.schedules import SCHEDULES, mask_len, mask_len_sequence, mask_ratio
 
 
@@ -146,3 +146,18 @@ def test_mask_len_table_matches_the_per_step_rule():
     assert table[0].tolist() == mask_len_sequence(256, 12, "cosine")
     for t in range(12):  # with plenty remaining, the clamped rule is max(1, table)
         assert mask_len(t, 12, n0, np.array([10**6] * 3), "cosine").tolist() == np.maximum(1, table[:, t]).tolist()
+
+
+@pytest.mark.parametrize("labels", [torch.tensor([3, 10]), np.array([[-1, 2]]), [0, 12], 10])
+def test_label_range_check_refuses_every_out_of_range_label(labels):
+    from maskgit_core.checks import check_labels
+    from maskgit_core.errors import ShardError
+
+    with pytest.raises(ValueError, match=r"class labels? .*outside \[0, 10\); do this"):
+        check_labels(labels, 10, fix="do this")
+    with pytest.raises(ShardError):
+        check_labels(labels, 10, error=ShardError)
+    check_labels(torch.arange(10), 10)  # every valid label passes
+    m = tfm.build("debug").eval()
+    with pytest.raises(ValueError, match=r"class labels \[10\] outside \[0, 10\)"):
+        sample_tokens(m, [1, 10], steps=2)

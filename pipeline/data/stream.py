@@ -38,6 +38,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from pipeline.data.shards import (FORMATS, Manifest, ShardError, ShardInfo, check_compatible, decode_webdataset,
                                   join, missing_shard_error, parquet_tokens, read_manifest, read_shard_bytes,
                                   url_to_fs)
+from maskgit_core.checks import check_labels
 from maskgit_core.errors import ConfigError
 
 __all__ = ["StreamConfig", "TokenStream", "epoch_blocks", "stream_positions", "aug_index", "rank_positions",
@@ -197,9 +198,10 @@ class TokenStream(IterableDataset):
         self.manifest: Manifest = read_manifest(cfg.data, **self.storage_options)
         check_compatible(self.manifest, codebook_size=codebook_size, latent_size=latent_size, source=cfg.data)
         ncls = len(self.manifest.classes)
-        if num_classes is not None and ncls > num_classes:
-            raise ShardError(f"{cfg.data}: the dataset has {ncls} classes, the model {num_classes}; pick a model "
-                             f"config with num_classes>={ncls} (plus one if training with class dropout)")
+        if num_classes is not None:
+            check_labels([c["index"] for c in self.manifest.classes], num_classes, error=ShardError,
+                         what=f"{cfg.data}: the dataset has {ncls} classes; labels",
+                         fix=f"pick a model config with num_classes>={ncls} (plus one if training with class dropout)")
         self.info = self.manifest.tokenizer
         self.shards: list[ShardInfo] = self.manifest.shards_of(cfg.format)
         self.bad = self._check_files()

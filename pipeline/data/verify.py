@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from maskgit_core.checks import check_labels
+from maskgit_core.errors import ConfigError
 from pipeline.data.shards import ShardError, join, read_manifest, read_shard, url_to_fs
 
 __all__ = ["VerifyReport", "verify_dataset", "read_error_report", "tokens_of"]
@@ -82,9 +84,12 @@ def verify_dataset(out: str, *, source: str | None = None, layout: str = "auto",
                 continue
             if len(rows) and int(rows.tokens.max()) >= info.codebook_size:
                 problem(f"{s.path}: token id {int(rows.tokens.max())} >= codebook size {info.codebook_size}")
-            if len(rows) and n_classes and (rows.labels.min() < 0 or rows.labels.max() >= max(
-                    n_classes, max(c["index"] for c in m.classes) + 1)):
-                problem(f"{s.path}: labels outside the class table (0..{n_classes - 1})")
+            if n_classes:
+                try:
+                    check_labels(rows.labels, max(n_classes, max(c["index"] for c in m.classes) + 1),
+                                 what=f"{s.path}: labels", fix="they are not in the manifest's class table")
+                except ConfigError as e:
+                    problem(str(e))
             for k, lab, tok in zip(rows.keys, rows.labels, rows.tokens):
                 if k in seen:
                     problem(f"key {k!r} appears twice in the {fmt} shards ({s.path})")
