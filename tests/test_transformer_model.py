@@ -131,10 +131,16 @@ def test_seeded_decode_is_reproducible_and_fills_every_token():
     assert torch.equal(a, b) and not torch.equal(a, c)
     final = a[:, -1]
     assert (final[:, 1:] < cfg.codebook_size).all() and torch.equal(final[:, 0], inp[:, 0])
-    # the number of tokens still unknown after each step follows the cosine schedule
-    n = cfg.num_image_tokens
-    known_after = [(a[:, s, 1:] < cfg.codebook_size).sum(-1) for s in range(8)]
-    assert all((k == n).all() for k in known_after)  # every recorded step is fully sampled
+    # every recorded step is a full prediction: no position is left at the mask token
+    assert (a[:, :, 1:] < cfg.codebook_size).all()
+    # the number of tokens still unknown (re-masked) after each step is the schedule's mask_len sequence
+    g = torch.Generator().manual_seed(1)
+    rec = parallel_decode(lambda cur, step: m(cur), inp, mask_token_id=cfg.mask_token_id,
+                          codebook_size=cfg.codebook_size, num_iter=8, noise=TorchGumbelNoise(g), record=True)
+    assert torch.equal(rec.sampled, a)  # the recorded run is the seeded decode above
+    unknown = rec.masked[:, :, 1:].sum(-1)  # (B, T)
+    expected = mask_len_sequence(cfg.num_image_tokens, 8, "cosine")
+    assert unknown.tolist() == [expected] * 3, (unknown.tolist(), expected)
 
 
 def test_mask_len_table_matches_the_per_step_rule():
