@@ -16,7 +16,6 @@ Every listed image ends up in exactly one shard or in the error report with its 
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -440,7 +439,3 @@ def run_tokenize(cfg: TokenizeConfig) -> TokenizeResult:
         steady = sum(n for _, n in arrivals[1:]) / max(arrivals[-1][0] - arrivals[0][0], 1e-9)
     enc = sum(n for n, _ in encode_s) / sum(t for _, t in encode_s) if sum(t for _, t in encode_s) else None
     return TokenizeResult(cfg.out, manifest, len(units), len(pending), len(units) - len(pending), dt, steady, enc)
-
-
-def config_to_dict(cfg: TokenizeConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)

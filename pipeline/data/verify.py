@@ -16,13 +16,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
 from maskgit_core.checks import check_labels
 from maskgit_core.errors import ConfigError
 from pipeline.data.shards import ShardError, join, read_manifest, read_shard, url_to_fs
 
-__all__ = ["VerifyReport", "verify_dataset", "read_error_report", "tokens_of"]
+__all__ = ["VerifyReport", "verify_dataset", "read_error_report"]
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +141,3 @@ def verify_dataset(out: str, *, source: str | None = None, layout: str = "auto",
     if p:
         log.warning("verify %s: %d problem(s)", out, len(p))
     return rep
-
-
-def tokens_of(out: str, fmt: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """All (tokens (N, n_aug, h, w), labels (N,), keys) of a dataset, in shard order (small datasets)."""
-    m = read_manifest(out)
-    fmt = fmt or m.formats[0]
-    toks, labs, keys = [], [], []
-    for s in m.shards_of(fmt):
-        r = read_shard(out, s, m.tokenizer)
-        toks.append(r.tokens)
-        labs.append(r.labels)
-        keys += r.keys
-    shape = (0, m.tokenizer.n_aug, m.tokenizer.latent_h, m.tokenizer.latent_w)
-    return (np.concatenate(toks) if toks else np.zeros(shape, m.tokenizer.token_dtype),
-            np.concatenate(labs) if labs else np.zeros(0, np.int64), keys)
