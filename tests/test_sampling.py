@@ -198,6 +198,7 @@ def test_cli_sample_ar_and_errors(ckpts, tmp_path):
     assert r.exit_code == 2 and "cosine" in r.output
 
 
+@pytest.mark.integration
 def test_sample_set_same_images_locally_and_on_ray(ckpts, tmp_path):
     """The sample set does not depend on shard size or on running as Ray tasks; reruns resume."""
     import ray

@@ -83,6 +83,7 @@ def reference(tmp_path_factory, data) -> tuple[Path, dict]:
     return out, _summary(text)
 
 
+@pytest.mark.integration
 def test_two_rank_training_loss_decreases_and_exports(reference):
     out, summary = reference
     rows = _metrics(out)
@@ -108,6 +109,7 @@ def test_two_rank_training_loss_decreases_and_exports(reference):
     assert again.checkpoint_meta["null_label"] == 10
 
 
+@pytest.mark.integration
 def test_kill9_then_resume_matches_uninterrupted(reference, data, tmp_path):
     ref_out, _ = reference
     out = tmp_path / "killed"
@@ -142,6 +144,7 @@ def test_kill9_then_resume_matches_uninterrupted(reference, data, tmp_path):
     shutil.rmtree(partial)
 
 
+@pytest.mark.integration
 def test_two_rank_checkpoint_resumes_on_one_rank_at_same_sample(reference, data, tmp_path):
     ref_out, _ = reference
     out = tmp_path / "one"
@@ -168,6 +171,7 @@ def _single(args: list[str], out: Path, data: Path, ds_config: str = DS_CPU) -> 
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_ar_objective_and_bad_shard_errors(data, tmp_path):
     """One process without the launcher: AR training on the same data (gradient accumulation 2, EMA),
     then the missing-shard error."""
@@ -209,6 +213,7 @@ def test_lr_schedule_and_resume_picker(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_zero1_checkpoint_resumes_on_one_rank_through_universal_conversion(data, tmp_path):
     """ZeRO-1 partitions the optimizer state: 2 ranks -> ds_to_universal.py -> 1 rank (~60 s, slow)."""
     ds = json.loads(Path(DS_CPU).read_text())
