@@ -32,7 +32,7 @@ from .model import VQGAN
 from maskgit_core.errors import ConfigError
 
 __all__ = ["TrainConfig", "TrainResult", "ImageSet", "load_image_folder", "read_images", "restart_dead_codes",
-           "psnr", "codebook_stats", "codebook_usage", "evaluate", "train_tokenizer", "TRAIN_PRESETS", "train_preset",
+           "psnr", "codebook_stats", "codebook_usage", "code_histogram", "evaluate", "train_tokenizer", "TRAIN_PRESETS", "train_preset",
            "IMAGE_EXTENSIONS"]
 
 log = logging.getLogger(__name__)
@@ -194,10 +194,15 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
+def code_histogram(ids: torch.Tensor | np.ndarray, codebook_size: int) -> np.ndarray:
+    """Token ids of any shape -> how often each code occurs, (K,) int64."""
+    flat = ids.reshape(-1).cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids).reshape(-1)
+    return np.bincount(flat.astype(np.int64), minlength=codebook_size)[:codebook_size]
+
+
 def codebook_stats(ids: torch.Tensor | np.ndarray, codebook_size: int) -> dict[str, Any]:
     """Usage of a codebook by token ids of any shape; see ``codebook_usage`` for the keys."""
-    flat = ids.reshape(-1).cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids).reshape(-1)
-    return codebook_usage(np.bincount(flat.astype(np.int64), minlength=codebook_size)[:codebook_size])
+    return codebook_usage(code_histogram(ids, codebook_size))
 
 
 def codebook_usage(counts: np.ndarray) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from maskgit_core.errors import ConfigError
 from pipeline.data.shards import read_manifest, read_shard
-from tokenizer.train import codebook_usage
+from tokenizer.train import code_histogram, codebook_usage
 
 __all__ = ["InspectReport", "inspect_dataset", "save_grid_png"]
 
@@ -77,8 +77,7 @@ def inspect_dataset(out: str, *, report_dir: str | os.PathLike, tokenizer_dir: s
     n = 0
     for s in m.shards_of(fmt):
         rows = read_shard(out, s, info)
-        ids = rows.tokens.reshape(-1).astype(np.int64)
-        counts += np.bincount(ids, minlength=info.codebook_size)[:info.codebook_size]
+        counts += code_histogram(rows.tokens, info.codebook_size)
         for lab, c in zip(*np.unique(rows.labels, return_counts=True)):
             per_class[int(lab)] = per_class.get(int(lab), 0) + int(c)
         take = num_samples - len(first)
