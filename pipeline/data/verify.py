@@ -86,7 +86,8 @@ def verify_dataset(out: str, *, source: str | None = None, layout: str = "auto",
             if n_classes:
                 try:
                     check_labels(rows.labels, max(n_classes, max(c["index"] for c in m.classes) + 1),
-                                 what=f"{s.path}: labels", fix="they are not in the manifest's class table")
+                                 what=f"{s.path}: labels",
+                                 fix="the manifest's class table lacks them; re-tokenize the source")
                 except ConfigError as e:
                     problem(str(e))
             for k, lab, tok in zip(rows.keys, rows.labels, rows.tokens):
