@@ -230,17 +230,17 @@ class TokenStream(IterableDataset):
             full = join(root, s.path)
             size = sizes.get(full)
             if size is None:
-                bad[i] = str(missing_shard_error(full, skippable=True))
+                bad[i] = str(missing_shard_error(full))
             elif size != s.bytes:
-                bad[i] = (f"{full}: shard is corrupt (size {size} bytes, the manifest says {s.bytes}); delete it "
-                          "and re-run `maskgit-pipeline tokenize ... --resume`, or pass skip_bad_shards=true to "
-                          "train without it")
+                bad[i] = f"{full}: shard is corrupt (size {size} bytes, the manifest says {s.bytes})"
         if bad and not self.cfg.skip_bad_shards:
             i, first = next(iter(bad.items()))
             full = join(root, self.shards[i].path)
             if sizes.get(full) is None:
                 raise missing_shard_error(full, more_bad=len(bad) - 1, skippable=True)
-            raise ShardError(first if len(bad) == 1 else f"{first} ({len(bad) - 1} more bad shards)")
+            more = f" (and {len(bad) - 1} more bad shards)" if len(bad) > 1 else ""
+            raise ShardError(f"{first}{more}; delete it and re-run `maskgit-pipeline tokenize ... --resume`, or pass "
+                             "skip_bad_shards=true to train without it")
         for msg in bad.values():
             log.warning("skipping: %s", msg)
         return bad
