@@ -375,8 +375,9 @@ def decode_webdataset(data: bytes, info: TokenizerInfo, *, with_keys: bool = Tru
 
     Token members share one .npy header, so the tokens are sliced out of one joined buffer
     (no per-member ``np.load``); labels come from the ``cls`` members and the source keys from
-    the ``json`` members, which are parsed only ``with_keys``. Damaged data raises the
-    underlying gzip / numpy / json error (the callers name the file).
+    the ``json`` members, which are parsed only ``with_keys``. The tokens are a read-only view
+    of that buffer. Damaged data raises the underlying gzip / numpy / json error (the callers
+    name the file).
     """
     shape = (info.n_aug, info.latent_h, info.latent_w)
     payloads, labels, keys = [], [], []
