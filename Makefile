@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_OUT ?= demo-out
 
-.PHONY: venv demo demo-quick test test-all browser clean
+.PHONY: venv demo demo-quick test test-fast test-all browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ browser:
 
 test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The developer loop (under 2 minutes on 2 CPU cores): no Ray, deepspeed launcher or demo runs.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 test-all: $(STAMP) browser
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)

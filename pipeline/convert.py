@@ -62,20 +62,14 @@ def export_official(*, checkpoint: str | os.PathLike, out: str | os.PathLike) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    try:
-        vq = tok.load(checkpoint)
-    except tok.CheckpointError:
-        vq = None
-    if vq is not None:
-        write_flax_msgpack(tokenizer_tree(vq), out / "tokenizer_checkpoint")
-        written["tokenizer"] = out / "tokenizer_checkpoint"
-    try:
-        model = tfm.load(checkpoint)
-    except tok.CheckpointError:
-        model = None
-    if model is not None:
-        write_flax_msgpack(transformer_tree(model), out / "maskgit_checkpoint")
-        written["transformer"] = out / "maskgit_checkpoint"
+    for kind, load, flax_tree, name in (("tokenizer", tok.load, tokenizer_tree, "tokenizer_checkpoint"),
+                                        ("transformer", tfm.load, transformer_tree, "maskgit_checkpoint")):
+        try:
+            model = load(checkpoint)
+        except tok.CheckpointError:
+            continue  # the directory holds the other kind of model
+        write_flax_msgpack(flax_tree(model), out / name)
+        written[kind] = out / name
     if not written:
         raise tok.CheckpointError(f"{checkpoint}: neither a tokenizer nor a transformer checkpoint directory")
     return written

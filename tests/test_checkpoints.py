@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -151,14 +152,37 @@ def test_safetensors_directory_errors(tmp_path):
         tfm.load(tmp_path / "tf")
 
 
+class _Tripwire:
+    """Unpickling this creates the directory ``marker``: proof that a loader ran pickle code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
 def test_pickle_is_never_loaded(tmp_path):
-    """A pickle (even a benign one) named like a checkpoint is refused, never unpickled."""
+    """A pickle whose unpickling would run code is refused by every loader, and its code never runs."""
     import pickle
 
-    p = tmp_path / "maskgit_checkpoint"
-    p.write_bytes(pickle.dumps({"params": {"Embed_0": 1}}))
+    proof = tmp_path / "tripwire-works"
+    pickle.loads(pickle.dumps(_Tripwire(proof)))
+    assert proof.is_dir()  # the payload does run when unpickled, so the check below can see it
+    marker = tmp_path / "payload-ran"
+    payload = pickle.dumps({"params": {"Embed_0": _Tripwire(marker)}})
+    (tmp_path / "maskgit_checkpoint").write_bytes(payload)
+    (tmp_path / "tokenizer_checkpoint").write_bytes(payload)
+    ckpt = tmp_path / "ckpt"
+    tok.save(tok.build("debug"), ckpt)
+    (ckpt / "model.safetensors").write_bytes(payload)
     with pytest.raises(CheckpointError):
-        load_official_transformer(p)
+        load_official_transformer(tmp_path / "maskgit_checkpoint")
+    with pytest.raises(CheckpointError):
+        load_official_tokenizer(tmp_path / "tokenizer_checkpoint")
+    with pytest.raises(CheckpointError):
+        tok.load(ckpt)
+    assert not marker.exists()
 
 
 def test_check_pair_names_both_values():

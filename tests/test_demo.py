@@ -35,6 +35,7 @@ def _finite(*xs) -> bool:
     return all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
 
 
+@pytest.mark.integration
 def test_every_stage_runs_and_shows_progress(quick_demo):
     out, stdout, seconds = quick_demo
     metrics = json.loads((out / "metrics.json").read_text())
@@ -47,6 +48,7 @@ def test_every_stage_runs_and_shows_progress(quick_demo):
     print(f"quick demo: {seconds:.0f} s wall")
 
 
+@pytest.mark.integration
 def test_report_links_existing_pngs(quick_demo):
     out, _, _ = quick_demo
     report = (out / "report.md").read_text()
@@ -59,6 +61,7 @@ def test_report_links_existing_pngs(quick_demo):
             assert im.format == "PNG" and min(im.size) > 32, rel
 
 
+@pytest.mark.integration
 def test_metrics_hold_the_measured_numbers(quick_demo):
     out, _, _ = quick_demo
     m = json.loads((out / "metrics.json").read_text())
@@ -89,6 +92,7 @@ def test_metrics_hold_the_measured_numbers(quick_demo):
     assert all(len(v) == len(ab["steps"]) and _finite(*v) for v in ab["fid_proxy"].values())
 
 
+@pytest.mark.integration
 def test_claims_table_has_a_verdict_per_claim(quick_demo):
     out, _, _ = quick_demo
     m = json.loads((out / "metrics.json").read_text())

@@ -12,6 +12,7 @@ from pipeline.evaluation import (cas_train_on_generated, compute_metrics, load_c
                                  save_classifier, save_reference, train_feature_classifier)
 from pipeline.evaluation.metrics import (fid_from_features, frechet_distance, inception_score, precision_recall,
                                          topk_accuracy)
+from pipeline.generate.imageio import to_uint8
 
 
 
@@ -113,7 +114,7 @@ def test_proxy_classifier_and_compute_metrics(tmp_path):
     assert from_stats["fid"] == pytest.approx(good["fid"], rel=1e-6)
     # ADM-format reference from another extractor (2048-d) with its images: the images are used
     np.savez(tmp_path / "adm.npz", mu=np.zeros(2048), sigma=np.eye(2048)[:4, :4] * 0 + np.eye(4),
-             arr_0=(real.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8))
+             arr_0=to_uint8(real))
     adm = compute_metrics(gen, classifier=clf, ref_stats=load_reference(tmp_path / "adm.npz"))
     assert adm["fid"] == pytest.approx(good["fid"], rel=0.05)
     np.savez(tmp_path / "stats_only.npz", mu=np.zeros(2048), sigma=np.eye(4))
@@ -129,9 +130,8 @@ def test_cli_eval_trains_proxy_and_reports(tmp_path):
     rng = np.random.default_rng(5)
     real, labels = _colour_set(rng, 120)
     gen, glab = _colour_set(rng, 60)
-    u8 = lambda x: (x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)  # noqa: E731
-    np.savez(tmp_path / "ref.npz", arr_0=u8(real), labels=labels)
-    np.savez(tmp_path / "gen.npz", images=u8(gen), labels=glab)
+    np.savez(tmp_path / "ref.npz", arr_0=to_uint8(real), labels=labels)
+    np.savez(tmp_path / "gen.npz", images=to_uint8(gen), labels=glab)
     r = CliRunner().invoke(cli, ["eval", "--generated", str(tmp_path / "gen.npz"), "--reference",
                                  str(tmp_path / "ref.npz"), "--classifier", str(tmp_path / "clf"),
                                  "--train-classifier", "--epochs", "3", "--json", str(tmp_path / "m.json"),

@@ -151,7 +151,7 @@ def test_refuses_incompatible_shards_naming_both_values(data, tmp_path):
         TokenStream(cfg, codebook_size=1024, latent_size=4)
     with pytest.raises(sh.ShardError, match=r"latent grid in shards \(4x4\) does not match the model \(16x16\)"):
         TokenStream(cfg, codebook_size=64, latent_size=16)
-    with pytest.raises(sh.ShardError, match=r"10 classes, the model 5; pick a model config with num_classes>=10"):
+    with pytest.raises(sh.ShardError, match=r"has 10 classes; labels \[5, 6, 7, 8, 9\] outside \[0, 5\); pick a model config with num_classes>=10"):
         TokenStream(cfg, codebook_size=64, latent_size=4, num_classes=5)
     root = _copy(data, tmp_path)
     man = json.loads((root / "manifest.json").read_text())

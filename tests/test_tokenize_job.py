@@ -107,6 +107,7 @@ def _digests(out: str) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
 
 
+@pytest.mark.integration
 def test_job_exactly_once_and_bad_inputs(data, ref):
     out, res = ref["out"], ref["result"]
     rep = verify_dataset(out, source=data["src"])
@@ -133,6 +134,7 @@ def test_job_exactly_once_and_bad_inputs(data, ref):
     assert (Path(out) / "manifest.json").stat().st_mtime >= max(shard_mtimes)
 
 
+@pytest.mark.integration
 def test_shard_tokens_equal_the_tokenizer_on_the_preprocessed_images(data, ref):
     """Shard contents = encoding each unit's crops directly (same fixed chunks), label per key."""
     m = read_manifest(ref["out"])
@@ -151,6 +153,7 @@ def test_shard_tokens_equal_the_tokenizer_on_the_preprocessed_images(data, ref):
         assert np.array_equal(rows.tokens[:, 0], ids.numpy())
 
 
+@pytest.mark.integration
 def test_progress_is_reported_per_unit_and_in_the_status_file(data, ref):
     ev, res = ref["events"], ref["result"]
     n_images = len(list_source(data["src"]).items)  # listing errors are in no unit
@@ -166,6 +169,7 @@ def test_progress_is_reported_per_unit_and_in_the_status_file(data, ref):
     assert status["updated"].endswith("Z")
 
 
+@pytest.mark.integration
 def test_rerun_skips_finished_units_and_checks_settings(data, ref, tmp_path):
     before = _digests(ref["out"])
     res = run_tokenize(_cfg(data, ref["out"], resume=True))
@@ -203,6 +207,7 @@ def _check_equal_to_reference(data, ref, out) -> None:
     assert read_error_report(str(out), "errors.jsonl") == read_error_report(ref["out"], "errors.jsonl")
 
 
+@pytest.mark.integration
 def test_sigkill_driver_at_a_random_point_then_rerun(data, ref, ray_address, tmp_path):
     seed = int(os.environ.get("KILL_SEED", time.time_ns() % 10_000))
     rng = random.Random(seed)
@@ -238,6 +243,7 @@ def _encoder_pids() -> list[int]:
     return pids
 
 
+@pytest.mark.integration
 def test_sigkill_worker_then_rerun(data, ref, ray_address, tmp_path):
     out = tmp_path / "out"
     proc = _driver(data, out, ray_address)
@@ -258,6 +264,7 @@ def test_sigkill_worker_then_rerun(data, ref, ray_address, tmp_path):
     _check_equal_to_reference(data, ref, out)
 
 
+@pytest.mark.integration
 def test_s3_tar_of_tars_in_and_out_with_hflip(data, ray_address, s3, tmp_path):
     import s3fs
 
@@ -285,6 +292,7 @@ def test_s3_tar_of_tars_in_and_out_with_hflip(data, ray_address, s3, tmp_path):
     assert fs.exists("tok-bucket/tokens/manifest.json") and fs.exists("tok-bucket/tokens/errors.jsonl")
 
 
+@pytest.mark.integration
 def test_verify_catches_a_corrupt_shard_and_cli_exit_codes(data, ref, tmp_path):
     import shutil
 
@@ -306,6 +314,7 @@ def test_verify_catches_a_corrupt_shard_and_cli_exit_codes(data, ref, tmp_path):
     assert r.returncode == 2 and "'--unit-size': 0 is not in the range x>=1" in r.stderr  # checked before Ray starts
 
 
+@pytest.mark.integration
 def test_inspect_report(data, ref, tmp_path):
     from PIL import Image
 
@@ -319,7 +328,7 @@ def test_inspect_report(data, ref, tmp_path):
     assert seen == [(i, n) for i in range(1, n + 1)]
     u = rep.usage
     assert u["counts"].sum() == rep.samples * 64 == u["tokens"]
-    assert 1.0 <= u["perplexity"] <= u["used_codes"] <= 64 and u["dead_codes"] == 64 - u["used_codes"]
+    assert 1.0 <= u["perplexity"] <= u["codes_used"] <= 64 and u["dead_codes"] == 64 - u["codes_used"]
     assert sum(rep.class_counts.values()) == m.counts["samples"] and set(rep.class_counts) == set(CLASSES)
     grid = Image.open(rep.files["samples_png"])
     assert grid.size == (8 * 34 + 2, 2 * 34 + 2)

@@ -45,6 +45,7 @@ def test_ray_cluster_yaml_matches_rays_schema():
 
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
                     reason="needs root + unshare to give `ray stop` a private process namespace")
+@pytest.mark.integration
 def test_ray_start_job_submit_stop(tmp_path):
     """The real cluster cycle. `ray stop` kills Ray processes by name on the whole machine, so the
     cycle runs in its own PID namespace (unshare): it stops this test's cluster and nothing else."""

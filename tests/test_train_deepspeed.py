@@ -23,6 +23,7 @@ import transformer
 from pipeline.data.stream import StreamConfig, TokenStream
 from pipeline.data.synthetic import write_synthetic_token_dataset
 from pipeline.train import COMPLETE, export_run, find_resume, lr_factor
+from pipeline.train.launcher import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -38,9 +39,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _launch(nproc: int, out: Path, data: Path, extra: list[str], *, port: int, resume: str | None = None,
-            wait: bool = True):
-    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(port),
+def _launch(nproc: int, out: Path, data: Path, extra: list[str], *, resume: str | None = None, wait: bool = True):
+    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()),
            str(REPO / "jobs" / "train_mvtm.py"), "--deepspeed_config", DS_CPU, "--data", str(data),
            "--out", str(out)]
     if resume:
@@ -79,10 +79,11 @@ def data(tmp_path_factory) -> Path:
 def reference(tmp_path_factory, data) -> tuple[Path, dict]:
     """One uninterrupted 2-rank run: the reference of every check below."""
     out = tmp_path_factory.mktemp("ref")
-    text = _launch(2, out, data, ["sample_every=60"], port=29611)
+    text = _launch(2, out, data, ["sample_every=60"])
     return out, _summary(text)
 
 
+@pytest.mark.integration
 def test_two_rank_training_loss_decreases_and_exports(reference):
     out, summary = reference
     rows = _metrics(out)
@@ -108,10 +109,11 @@ def test_two_rank_training_loss_decreases_and_exports(reference):
     assert again.checkpoint_meta["null_label"] == 10
 
 
+@pytest.mark.integration
 def test_kill9_then_resume_matches_uninterrupted(reference, data, tmp_path):
     ref_out, _ = reference
     out = tmp_path / "killed"
-    proc = _launch(2, out, data, [], port=29612, wait=False)
+    proc = _launch(2, out, data, [], wait=False)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -131,7 +133,7 @@ def test_kill9_then_resume_matches_uninterrupted(reference, data, tmp_path):
     partial.mkdir()
     (partial / "mp_rank_00_model_states.pt").write_bytes(b"partial")
     assert find_resume(out / "checkpoints") == tag
-    text = _launch(2, out, data, [], port=29613, resume="auto")
+    text = _launch(2, out, data, [], resume="auto")
     assert f"resumed {tag}" in text
     ref, got = _metrics(ref_out), _metrics(out)
     resumed_from = int(tag.removeprefix("step"))
@@ -142,12 +144,13 @@ def test_kill9_then_resume_matches_uninterrupted(reference, data, tmp_path):
     shutil.rmtree(partial)
 
 
+@pytest.mark.integration
 def test_two_rank_checkpoint_resumes_on_one_rank_at_same_sample(reference, data, tmp_path):
     ref_out, _ = reference
     out = tmp_path / "one"
     (out / "checkpoints").mkdir(parents=True)
     shutil.copytree(ref_out / "checkpoints" / "step00000020", out / "checkpoints" / "step00000020")
-    text = _launch(1, out, data, ["stop_after=3"], port=29614, resume="auto")
+    text = _launch(1, out, data, ["stop_after=3"], resume="auto")
     assert "resumed step00000020" in text
     rows = _metrics(out)
     seen = _metrics(ref_out)[20]["samples_seen"]
@@ -162,12 +165,13 @@ def test_two_rank_checkpoint_resumes_on_one_rank_at_same_sample(reference, data,
 
 
 def _single(args: list[str], out: Path, data: Path, ds_config: str = DS_CPU) -> subprocess.CompletedProcess:
-    env = dict(_env(), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29615")
+    env = dict(_env(), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     cmd = [sys.executable, str(REPO / "jobs" / "train_mvtm.py"), "--deepspeed_config", ds_config, "--data", str(data),
            "--out", str(out), "steps=6", "save_every=3", "block_size=64", "shuffle_buffer=256"] + args
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_ar_objective_and_bad_shard_errors(data, tmp_path):
     """One process without the launcher: AR training on the same data (gradient accumulation 2, EMA),
     then the missing-shard error."""
@@ -209,6 +213,7 @@ def test_lr_schedule_and_resume_picker(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_zero1_checkpoint_resumes_on_one_rank_through_universal_conversion(data, tmp_path):
     """ZeRO-1 partitions the optimizer state: 2 ranks -> ds_to_universal.py -> 1 rank (~60 s, slow)."""
     ds = json.loads(Path(DS_CPU).read_text())
@@ -218,7 +223,7 @@ def test_zero1_checkpoint_resumes_on_one_rank_through_universal_conversion(data,
     src = tmp_path / "two"
     env = _env()
     base = [str(REPO / "jobs" / "train_mvtm.py"), "--deepspeed_config", str(cfg), "--data", str(data)]
-    r = subprocess.run([str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", "29621", *base,
+    r = subprocess.run([str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), *base,
                         "--out", str(src), "steps=20", "save_every=10", "block_size=64", "shuffle_buffer=256"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:]
@@ -232,7 +237,7 @@ def test_zero1_checkpoint_resumes_on_one_rank_through_universal_conversion(data,
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     shutil.copy(src / "checkpoints" / tag / COMPLETE, dst / "checkpoints" / tag / COMPLETE)
-    r = subprocess.run([str(VENV_BIN / "deepspeed"), "--num_gpus", "1", "--master_port", "29622", *base,
+    r = subprocess.run([str(VENV_BIN / "deepspeed"), "--num_gpus", "1", "--master_port", str(free_port()), *base,
                         "--out", str(dst), "--resume", "auto", "steps=20", "save_every=10", "block_size=64",
                         "shuffle_buffer=256", "universal=true"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)

@@ -33,10 +33,17 @@ def test_load_image_folder_reads_train_and_val_and_skips_bad_files(data_dir):
         load_image_folder(data_dir / "nope", image_size=32)
 
 
-def test_tiny_run_improves_psnr_and_saves_a_loadable_checkpoint(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """A debug tokenizer trained for 30 steps (the trainer seeds torch with cfg.seed=0); its directory."""
+    out = tmp_path_factory.mktemp("trained")
     cfg = TrainConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=3, restart_every=10, val_images=30,
                       log_every=5)
-    res = train_tokenizer(data_dir, model_config="debug", config=cfg, out=tmp_path / "tok")
+    return train_tokenizer(data_dir, model_config="debug", config=cfg, out=out / "tok"), out
+
+
+def test_tiny_run_improves_psnr_and_saves_a_loadable_checkpoint(data_dir, trained):
+    res, tmp_path = trained
     m = res.metrics
     assert m["steps"] == 30 and m["val_images"] == 30 and m["skipped_files"] == 2
     assert m["psnr"] > m["init_psnr"] + 3.0, m  # learned something real, not noise
@@ -54,6 +61,25 @@ def test_tiny_run_improves_psnr_and_saves_a_loadable_checkpoint(data_dir, tmp_pa
     meta = json.loads((tmp_path / "tok" / "config.json").read_text())
     assert meta["training"]["metrics"]["psnr"] == m["psnr"]
     assert meta["training"]["config"]["steps"] == 30 and len(meta["training"]["history"]) == 6
+
+
+def _reencoded_fraction(vq, images):
+    """encode -> ids -> decode -> encode: the fraction of ids that come back unchanged."""
+    with torch.no_grad():
+        ids = vq.encode(images)
+        again = vq.encode(vq.decode_ids(ids).clamp(0, 1))
+    return float((again == ids).double().mean())
+
+
+def test_encode_decode_encode_round_trip_of_a_trained_tokenizer(data_dir, trained):
+    res, _ = trained
+    images = load_image_folder(data_dir, image_size=32, val_images=30).val.float() / 255.0  # held out
+    got = _reencoded_fraction(res.model.eval(), images)
+    torch.manual_seed(0)
+    untrained = _reencoded_fraction(tokenizer.build("debug").eval(), images)
+    # measured: 0.30 after these 30 steps (0.31 after 100), against 0.09-0.17 for untrained weights;
+    # decoded images land back on their own codes far more often once the decoder has learned.
+    assert got >= 0.2 and got > untrained + 0.05, (got, untrained)
 
 
 def test_restart_moves_dead_codes_onto_encoder_outputs():

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import transformer as tfm
-from transformer.sampling import TorchGumbelNoise, decode
+from transformer.sampling import TorchGumbelNoise, decode, parallel_decode, sample_tokens
 from transformer.schedules import SCHEDULES, mask_len, mask_len_sequence, mask_ratio
 
 
@@ -131,10 +131,16 @@ def test_seeded_decode_is_reproducible_and_fills_every_token():
     assert torch.equal(a, b) and not torch.equal(a, c)
     final = a[:, -1]
     assert (final[:, 1:] < cfg.codebook_size).all() and torch.equal(final[:, 0], inp[:, 0])
-    # the number of tokens still unknown after each step follows the cosine schedule
-    n = cfg.num_image_tokens
-    known_after = [(a[:, s, 1:] < cfg.codebook_size).sum(-1) for s in range(8)]
-    assert all((k == n).all() for k in known_after)  # every recorded step is fully sampled
+    # every recorded step is a full prediction: no position is left at the mask token
+    assert (a[:, :, 1:] < cfg.codebook_size).all()
+    # the number of tokens still unknown (re-masked) after each step is the schedule's mask_len sequence
+    g = torch.Generator().manual_seed(1)
+    rec = parallel_decode(lambda cur, step: m(cur), inp, mask_token_id=cfg.mask_token_id,
+                          codebook_size=cfg.codebook_size, num_iter=8, noise=TorchGumbelNoise(g), record=True)
+    assert torch.equal(rec.sampled, a)  # the recorded run is the seeded decode above
+    unknown = rec.masked[:, :, 1:].sum(-1)  # (B, T)
+    expected = mask_len_sequence(cfg.num_image_tokens, 8, "cosine")
+    assert unknown.tolist() == [expected] * 3, (unknown.tolist(), expected)
 
 
 def test_mask_len_table_matches_the_per_step_rule():
@@ -146,3 +152,18 @@ def test_mask_len_table_matches_the_per_step_rule():
     assert table[0].tolist() == mask_len_sequence(256, 12, "cosine")
     for t in range(12):  # with plenty remaining, the clamped rule is max(1, table)
         assert mask_len(t, 12, n0, np.array([10**6] * 3), "cosine").tolist() == np.maximum(1, table[:, t]).tolist()
+
+
+@pytest.mark.parametrize("labels", [torch.tensor([3, 10]), np.array([[-1, 2]]), [0, 12], 10])
+def test_label_range_check_refuses_every_out_of_range_label(labels):
+    from maskgit_core.checks import check_labels
+    from maskgit_core.errors import ShardError
+
+    with pytest.raises(ValueError, match=r"class labels? .*outside \[0, 10\); do this"):
+        check_labels(labels, 10, fix="do this")
+    with pytest.raises(ShardError):
+        check_labels(labels, 10, error=ShardError)
+    check_labels(torch.arange(10), 10)  # every valid label passes
+    m = tfm.build("debug").eval()
+    with pytest.raises(ValueError, match=r"class labels \[10\] outside \[0, 10\)"):
+        sample_tokens(m, [1, 10], steps=2)

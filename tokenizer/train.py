@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,8 +32,8 @@ from .model import VQGAN
 from maskgit_core.errors import ConfigError
 
 __all__ = ["TrainConfig", "TrainResult", "ImageSet", "load_image_folder", "read_images", "restart_dead_codes",
-           "psnr", "codebook_stats", "evaluate", "train_tokenizer", "TRAIN_PRESETS", "train_preset",
-           "IMAGE_EXTENSIONS", "holdout_count"]
+           "psnr", "codebook_stats", "codebook_usage", "code_histogram", "evaluate", "train_tokenizer",
+           "TRAIN_PRESETS", "train_preset", "IMAGE_EXTENSIONS", "holdout_count"]
 
 log = logging.getLogger(__name__)
 
@@ -205,14 +205,32 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
-def codebook_stats(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
-    """Usage of a codebook by token ids of any shape: fraction of codes used, perplexity
-    (exp of the entropy of the code histogram; ``codebook_size`` when use is uniform)."""
-    counts = torch.bincount(ids.reshape(-1), minlength=codebook_size).double()
-    p = counts / counts.sum().clamp_min(1)
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return {"usage": float((counts > 0).double().mean()), "perplexity": float(entropy.exp()),
-            "codes_used": int((counts > 0).sum())}
+def code_histogram(ids: torch.Tensor | np.ndarray, codebook_size: int) -> np.ndarray:
+    """Token ids of any shape -> how often each code occurs, (K,) int64."""
+    flat = ids.reshape(-1).cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids).reshape(-1)
+    return np.bincount(flat.astype(np.int64), minlength=codebook_size)[:codebook_size]
+
+
+def codebook_stats(ids: torch.Tensor | np.ndarray, codebook_size: int) -> dict[str, Any]:
+    """Usage of a codebook by token ids of any shape; see ``codebook_usage`` for the keys."""
+    return codebook_usage(code_histogram(ids, codebook_size))
+
+
+def codebook_usage(counts: np.ndarray) -> dict[str, Any]:
+    """Usage of a codebook from its code histogram ``counts`` (K,) (e.g. summed over shards).
+
+    Scalars only (JSON-ready): ``tokens`` (total), ``usage`` (fraction of codes used),
+    ``codes_used``, ``dead_codes``, ``entropy_nats`` (H of the histogram) and ``perplexity`` =
+    exp(H): K for uniform use of K codes, 1 for one code everywhere, 0 for no tokens.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    p = counts[counts > 0] / max(total, 1)
+    entropy = float(-(p * np.log(p)).sum()) if total else 0.0
+    used = int((counts > 0).sum())
+    return {"tokens": total, "usage": used / len(counts) if len(counts) else 0.0, "codes_used": used,
+            "dead_codes": int(len(counts) - used), "entropy_nats": entropy,
+            "perplexity": float(np.exp(entropy)) if total else 0.0}
 
 
 def restart_dead_codes(codebook: torch.Tensor, hits: torch.Tensor, z: torch.Tensor,
@@ -275,8 +293,9 @@ def evaluate(model: VQGAN, images: torch.Tensor, *, batch_size: int = 128) -> di
     model.train(was_training)
     if not psnrs:
         return {"psnr": float("nan"), "usage": float("nan"), "perplexity": float("nan"), "codes_used": 0}
-    return {"psnr": float(torch.cat(psnrs).mean()),
-            **codebook_stats(torch.cat(ids), model.config.codebook_size)}
+    stats = codebook_stats(torch.cat(ids), model.config.codebook_size)
+    return {"psnr": float(torch.cat(psnrs).mean()), "usage": stats["usage"], "perplexity": stats["perplexity"],
+            "codes_used": stats["codes_used"]}
 
 
 def _reset_adam_rows(opt: torch.optim.Optimizer, param: torch.Tensor, rows: torch.Tensor) -> None:

@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 
 from .sampling import SeededNoise, TorchGumbelNoise, top_k_filter
+from maskgit_core.checks import check_labels
 from maskgit_core.errors import ConfigError
 
 __all__ = ["ar_decode", "ar_sample_tokens", "ARNoise", "StaticKVCache"]
@@ -89,8 +90,7 @@ def ar_sample_tokens(model: torch.nn.Module, labels: torch.Tensor | list[int], *
     cfg = model.config
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= cfg.num_classes):
-        raise ConfigError(f"class labels must lie in [0, {cfg.num_classes}), got {labels.tolist()}")
+    check_labels(labels, cfg.num_classes, fix="pass labels of the model's classes")
     b = labels.numel()
     if noise is None:
         noise = SeededNoise([seed + i for i in range(b)], device=device) if seed is not None \

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+from maskgit_core.checks import check_labels
 from maskgit_core.errors import ConfigError
 
 __all__ = ["TransformerConfig", "PRESETS", "preset", "config_from_dict"]
@@ -77,8 +78,7 @@ class TransformerConfig:
         return self.hidden_size // self.num_heads
 
     def class_token(self, label: int) -> int:
-        if not 0 <= label < self.num_classes:
-            raise ConfigError(f"class label {label} outside [0, {self.num_classes})")
+        check_labels(label, self.num_classes, what="class label")
         return self.codebook_size + label
 
     def to_dict(self) -> dict[str, Any]:

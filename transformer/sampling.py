@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .schedules import canonical_schedule, mask_len_table
+from maskgit_core.checks import check_labels
 from maskgit_core.errors import ConfigError
 
 __all__ = ["DecodeNoise", "TorchGumbelNoise", "ArrayNoise", "SeededNoise", "decode", "mask_by_random_topk",
@@ -302,8 +303,7 @@ def sample_tokens(model: torch.nn.Module, labels: torch.Tensor | list[int], *, s
         raise ConfigError("this model is causal (AR baseline); use transformer.ar_sampling.ar_sample_tokens")
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= cfg.num_classes):
-        raise ConfigError(f"class labels must lie in [0, {cfg.num_classes}), got {labels.tolist()}")
+    check_labels(labels, cfg.num_classes, fix="pass labels of the model's classes")
     b = labels.numel()
     inputs = torch.full((b, cfg.seq_len), cfg.mask_token_id, dtype=torch.long)
     inputs[:, 0] = cfg.codebook_size + labels

@@ -124,7 +124,7 @@ def inspect_cmd(dataset, tokenizer_dir, report_dir, num_samples) -> None:
         rep = inspect_dataset(dataset, report_dir=report_dir, tokenizer_dir=tokenizer_dir, num_samples=num_samples,
                               progress=bar.update)
     u = rep.usage
-    click.echo(f"{rep.samples} samples in {len(rep.class_counts)} classes; codes used {u['used_codes']}/"
+    click.echo(f"{rep.samples} samples in {len(rep.class_counts)} classes; codes used {u['codes_used']}/"
                f"{len(u['counts'])}, dead {u['dead_codes']}, perplexity {u['perplexity']:.1f}")
     for name, path in rep.files.items():
         click.echo(f"{name}: {path}")

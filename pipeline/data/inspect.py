@@ -2,7 +2,7 @@
 PNG grid of samples decoded back through the tokenizer.
 
 Usage perplexity is ``exp(H)`` of the empirical token distribution (H in nats): K for a
-perfectly uniform use of K codes, 1 when one code is used everywhere.
+perfectly uniform use of K codes, 1 when one code is used everywhere (``tokenizer.train.codebook_usage``).
 """
 from __future__ import annotations
 
@@ -14,24 +14,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.data.shards import read_manifest, read_shard
 from maskgit_core.errors import ConfigError
+from pipeline.data.shards import read_manifest, read_shard
+from tokenizer.train import code_histogram, codebook_usage
 
-__all__ = ["usage_stats", "InspectReport", "inspect_dataset", "save_grid_png"]
+__all__ = ["InspectReport", "inspect_dataset", "save_grid_png"]
 
 log = logging.getLogger(__name__)
-
-
-def usage_stats(tokens: np.ndarray, codebook_size: int) -> dict[str, Any]:
-    """Pure: token ids (any shape) -> usage counts (K,), perplexity, dead codes."""
-    counts = np.bincount(tokens.reshape(-1).astype(np.int64), minlength=codebook_size)[:codebook_size]
-    total = int(counts.sum())
-    p = counts[counts > 0] / max(total, 1)
-    entropy = float(-(p * np.log(p)).sum()) if total else 0.0
-    dead = np.flatnonzero(counts == 0)
-    return {"tokens": total, "counts": counts, "perplexity": float(np.exp(entropy)) if total else 0.0,
-            "entropy_nats": entropy, "used_codes": int(codebook_size - len(dead)), "dead_codes": int(len(dead)),
-            "dead_code_ids": dead}
 
 
 @dataclass
@@ -91,7 +80,7 @@ def inspect_dataset(out: str, *, report_dir: str | os.PathLike, tokenizer_dir: s
     shards = m.shards_of(fmt)
     for i, s in enumerate(shards):
         rows = read_shard(out, s, info)
-        counts += usage_stats(rows.tokens, info.codebook_size)["counts"]
+        counts += code_histogram(rows.tokens, info.codebook_size)
         for lab, c in zip(*np.unique(rows.labels, return_counts=True)):
             per_class[int(lab)] = per_class.get(int(lab), 0) + int(c)
         take = num_samples - len(first)
@@ -101,13 +90,7 @@ def inspect_dataset(out: str, *, report_dir: str | os.PathLike, tokenizer_dir: s
         n += len(rows)
         if progress is not None:
             progress(i + 1, len(shards))
-    # usage_stats from the summed histogram (repeat ids by count is wasteful; rebuild directly)
-    p = counts[counts > 0] / max(int(counts.sum()), 1)
-    entropy = float(-(p * np.log(p)).sum()) if counts.sum() else 0.0
-    dead = np.flatnonzero(counts == 0)
-    usage = {"tokens": int(counts.sum()), "counts": counts, "perplexity": float(np.exp(entropy)),
-             "entropy_nats": entropy, "used_codes": int(len(counts) - len(dead)), "dead_codes": int(len(dead)),
-             "dead_code_ids": dead}
+    usage = {**codebook_usage(counts), "counts": counts, "dead_code_ids": np.flatnonzero(counts == 0)}
     names = {c["index"]: c.get("id", str(c["index"])) for c in m.classes}
     class_counts = {names.get(k, str(k)): v for k, v in sorted(per_class.items())}
     rd = Path(report_dir)

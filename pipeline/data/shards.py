@@ -39,7 +39,8 @@ from .storage import join, put_bytes_atomic, url_to_fs
 __all__ = ["FORMAT_VERSION", "MANIFEST", "TokenizerInfo", "ShardInfo", "Manifest", "ShardRows",
            "write_manifest", "read_manifest", "write_parquet_shard",
            "write_webdataset_shard", "read_shard", "iter_parquet_batches", "check_compatible",
-           "ShardError", "shard_relpath", "read_shard_bytes", "iter_ustar"]
+           "ShardError", "shard_relpath", "read_shard_bytes", "iter_ustar", "missing_shard_error",
+           "parquet_tokens", "decode_webdataset"]
 
 log = logging.getLogger(__name__)
 
@@ -316,10 +317,22 @@ def write_webdataset_shard(root: str, unit: int, rows: ShardRows, info: Tokenize
 
 # ---------------------------------------------------------------- readers
 
+def missing_shard_error(path: str, *, more_bad: int = 0, skippable: bool = False) -> ShardError:
+    """The error for a shard that the manifest lists and storage does not hold (every reader raises this one).
+
+    ``more_bad``: further bad shards found in the same check; ``skippable``: the caller (the
+    training stream) can skip bad shards, so the message offers ``skip_bad_shards=true``.
+    """
+    more = f" (and {more_bad} more bad shards)" if more_bad else ""
+    skip = ", or pass skip_bad_shards=true to train without it" if skippable else ""
+    return ShardError(f"{path}: shard listed in the manifest is missing{more}; restore it or re-run "
+                      f"`maskgit-pipeline tokenize ... --resume` to rewrite missing units{skip}")
+
+
 def read_shard_bytes(fs, path: str, shard: ShardInfo, *, verify: bool) -> bytes:
+    """The whole file of ``shard`` at ``path`` on ``fs``; with ``verify``, size and sha256 are checked."""
     if not fs.exists(path):
-        raise ShardError(f"{path}: shard listed in the manifest is missing; restore it or re-run "
-                         "`maskgit-pipeline tokenize ... --resume` to rewrite missing units")
+        raise missing_shard_error(path)
     data = fs.cat_file(path)
     if verify and (len(data) != shard.bytes or _sha256(data) != shard.sha256):
         raise ShardError(f"{path}: shard is corrupt (size {len(data)} vs {shard.bytes} in the manifest or "
@@ -327,8 +340,18 @@ def read_shard_bytes(fs, path: str, shard: ShardInfo, *, verify: bool) -> bytes:
     return data
 
 
+def parquet_tokens(table: pa.Table, info: TokenizerInfo) -> np.ndarray:
+    """The ``tokens`` column of a Parquet shard's table (or row group) -> (N, n_aug, h, w)."""
+    flat = table.column("tokens").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape((table.num_rows, info.n_aug, info.latent_h, info.latent_w))
+
+
 def iter_ustar(data: bytes) -> Iterator[tuple[str, bytes]]:
-    """(name, payload) of each regular member of an uncompressed ustar archive (fast path)."""
+    """(name, payload) of each regular member of an uncompressed ustar archive.
+
+    8-27x faster than ``tarfile`` on our shards, 3-6x with gunzip included (``bench/bench_ustar.py``,
+    docs/BENCHMARKS.md); both decode the same members.
+    """
     off, n = 0, len(data)
     while off + 512 <= n:
         hdr = data[off:off + 512]
@@ -346,30 +369,49 @@ def iter_ustar(data: bytes) -> Iterator[tuple[str, bytes]]:
         off += (size + 511) // 512 * 512
 
 
+def decode_webdataset(data: bytes, info: TokenizerInfo, *, with_keys: bool = True
+                      ) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
+    """A gzip'd WebDataset shard's bytes -> (source keys or None, labels (N,) int64, tokens (N, n_aug, h, w)).
+
+    Token members share one .npy header, so the tokens are sliced out of one joined buffer
+    (no per-member ``np.load``); labels come from the ``cls`` members and the source keys from
+    the ``json`` members, which are parsed only ``with_keys``. The tokens are a read-only view
+    of that buffer. Damaged data raises the underlying gzip / numpy / json error (the callers
+    name the file).
+    """
+    shape = (info.n_aug, info.latent_h, info.latent_w)
+    payloads, labels, keys = [], [], []
+    for name, payload in iter_ustar(gzip.decompress(data)):
+        if name.endswith(".tokens.npy"):
+            payloads.append(payload)
+        elif name.endswith(".cls"):
+            labels.append(int(payload))
+        elif with_keys and name.endswith(".json"):
+            keys.append(json.loads(payload)["key"])
+    if not payloads:
+        return ([] if with_keys else None), np.zeros((0,), np.int64), np.zeros((0, *shape), info.token_dtype)
+    ref = np.load(io.BytesIO(payloads[0]), allow_pickle=False)
+    if ref.shape != shape or any(len(p) != len(payloads[0]) for p in payloads):
+        raise ConfigError(f"tokens.npy members are not all {shape} {info.token_dtype}")
+    head = len(payloads[0]) - ref.nbytes  # the .npy header, the same for every member
+    tokens = np.frombuffer(b"".join(p[head:] for p in payloads), dtype=ref.dtype).reshape((-1, *shape))
+    return (keys if with_keys else None), np.asarray(labels, np.int64), tokens
+
+
 def read_shard(root: str, shard: ShardInfo, info: TokenizerInfo, *, verify: bool = True,
                **storage_options: Any) -> ShardRows:
     """Read a whole shard (Parquet or WebDataset) into memory, checking its checksum."""
     fs, path = url_to_fs(root, **storage_options)
     full = join(path, shard.path)
     data = read_shard_bytes(fs, full, shard, verify=verify)
-    shape = (info.n_aug, info.latent_h, info.latent_w)
     try:
         if shard.format == "parquet":
             table = pq.read_table(io.BytesIO(data))
-            tokens = table.column("tokens").combine_chunks().flatten().to_numpy(zero_copy_only=False)
             rows = ShardRows(table.column("key").to_pylist(), table.column("label").to_numpy().astype(np.int64),
-                             tokens.reshape((table.num_rows, *shape)))
+                             parquet_tokens(table, info))
         else:
-            keys, labels, toks = [], [], []
-            for name, payload in iter_ustar(gzip.decompress(data)):
-                if name.endswith(".tokens.npy"):
-                    toks.append(np.load(io.BytesIO(payload), allow_pickle=False))
-                elif name.endswith(".json"):
-                    meta = json.loads(payload)
-                    keys.append(meta["key"])
-                    labels.append(meta["label"])
-            tokens = np.stack(toks) if toks else np.zeros((0, *shape), info.token_dtype)
-            rows = ShardRows(keys, np.asarray(labels, np.int64), tokens)
+            keys, labels, tokens = decode_webdataset(data, info)
+            rows = ShardRows(keys, labels, tokens)
     except ShardError:
         raise
     except Exception as e:  # pyarrow / gzip / numpy errors on damaged data
@@ -387,8 +429,7 @@ def iter_parquet_batches(root: str, shard: ShardInfo, info: TokenizerInfo, *, st
     fs, path = url_to_fs(root, **storage_options)
     full = join(path, shard.path)
     if not fs.exists(full):
-        raise ShardError(f"{full}: shard listed in the manifest is missing; restore it or re-run tokenize --resume")
-    shape = (info.n_aug, info.latent_h, info.latent_w)
+        raise missing_shard_error(full)
     with fs.open(full, "rb") as f:
         try:
             pf = pq.ParquetFile(f)
@@ -406,6 +447,5 @@ def iter_parquet_batches(root: str, shard: ShardInfo, info: TokenizerInfo, *, st
             t = t.slice(skip)
             for off in range(0, t.num_rows, batch_rows):
                 b = t.slice(off, batch_rows)
-                tokens = b.column("tokens").combine_chunks().flatten().to_numpy(zero_copy_only=False)
                 yield ShardRows(b.column("key").to_pylist(), b.column("label").to_numpy().astype(np.int64),
-                                tokens.reshape((b.num_rows, *shape)))
+                                parquet_tokens(b, info))

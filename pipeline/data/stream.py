@@ -25,8 +25,6 @@ Decoded units are cached (LRU, bounded by about two shuffle windows).
 """
 from __future__ import annotations
 
-import gzip
-import io
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,8 +35,10 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.data.shards import (FORMATS, Manifest, ShardError, ShardInfo, check_compatible, iter_ustar, join, read_manifest,
-                     read_shard_bytes, url_to_fs)
+from pipeline.data.shards import (FORMATS, Manifest, ShardError, ShardInfo, check_compatible, decode_webdataset,
+                                  join, missing_shard_error, parquet_tokens, read_manifest, read_shard_bytes,
+                                  url_to_fs)
+from maskgit_core.checks import check_labels
 from maskgit_core.errors import ConfigError
 
 __all__ = ["StreamConfig", "TokenStream", "epoch_blocks", "stream_positions", "aug_index", "rank_positions",
@@ -198,9 +198,10 @@ class TokenStream(IterableDataset):
         self.manifest: Manifest = read_manifest(cfg.data, **self.storage_options)
         check_compatible(self.manifest, codebook_size=codebook_size, latent_size=latent_size, source=cfg.data)
         ncls = len(self.manifest.classes)
-        if num_classes is not None and ncls > num_classes:
-            raise ShardError(f"{cfg.data}: the dataset has {ncls} classes, the model {num_classes}; pick a model "
-                             f"config with num_classes>={ncls} (plus one if training with class dropout)")
+        if num_classes is not None:
+            check_labels([c["index"] for c in self.manifest.classes], num_classes, error=ShardError,
+                         what=f"{cfg.data}: the dataset has {ncls} classes; labels",
+                         fix=f"pick a model config with num_classes>={ncls} (plus one if training with class dropout)")
         self.info = self.manifest.tokenizer
         self.shards: list[ShardInfo] = self.manifest.shards_of(cfg.format)
         self.bad = self._check_files()
@@ -224,19 +225,22 @@ class TokenStream(IterableDataset):
                 sizes.update({e["name"].rstrip("/"): int(e.get("size") or 0) for e in fs.ls(d, detail=True)})
             except FileNotFoundError:
                 pass
-        bad: dict[int, str] = {}
+        bad: dict[int, str] = {}  # shard -> what is wrong with it
         for i, s in enumerate(self.shards):
             full = join(root, s.path)
             size = sizes.get(full)
             if size is None:
-                bad[i] = f"{full}: shard listed in the manifest is missing"
+                bad[i] = str(missing_shard_error(full))
             elif size != s.bytes:
                 bad[i] = f"{full}: shard is corrupt (size {size} bytes, the manifest says {s.bytes})"
         if bad and not self.cfg.skip_bad_shards:
-            first = next(iter(bad.values()))
-            raise ShardError(f"{first}{'' if len(bad) == 1 else f' (and {len(bad) - 1} more bad shards)'}; restore "
-                             "it or re-run `maskgit-pipeline tokenize ... --resume`, or pass skip_bad_shards=true "
-                             "to train without it")
+            i, first = next(iter(bad.items()))
+            full = join(root, self.shards[i].path)
+            if sizes.get(full) is None:
+                raise missing_shard_error(full, more_bad=len(bad) - 1, skippable=True)
+            more = f" (and {len(bad) - 1} more bad shards)" if len(bad) > 1 else ""
+            raise ShardError(f"{first}{more}; delete it and re-run `maskgit-pipeline tokenize ... --resume`, or pass "
+                             "skip_bad_shards=true to train without it")
         for msg in bad.values():
             log.warning("skipping: %s", msg)
         return bad
@@ -254,8 +258,7 @@ class TokenStream(IterableDataset):
             try:
                 self._files[shard] = pq.ParquetFile(fs.open(full, "rb"))
             except FileNotFoundError as e:
-                raise ShardError(f"{full}: shard listed in the manifest is missing; restore it or re-run tokenize "
-                                 "--resume, or pass skip_bad_shards=true") from e
+                raise missing_shard_error(full, skippable=True) from e
             except Exception as e:
                 raise ShardError(f"{full}: cannot open Parquet shard ({type(e).__name__}: {e}); delete it and "
                                  "re-run tokenize --resume, or pass skip_bad_shards=true") from e
@@ -273,49 +276,32 @@ class TokenStream(IterableDataset):
         """(first row, labels (n,), tokens (n, n_aug, h, w)) of one row group / whole shard."""
         shard, unit = key
         s = self.shards[shard]
-        shape = (self.info.n_aug, self.info.latent_h, self.info.latent_w)
         if self.cfg.format == "webdataset":
             return 0, *self._read_wds(s)
         pf = self._parquet(shard)
         try:
             t = pf.read_row_group(unit, columns=["label", "tokens"])
-            tokens = t.column("tokens").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            tokens = parquet_tokens(t, self.info)
             labels = t.column("label").to_numpy().astype(np.int64)
         except Exception as e:
             raise ShardError(f"{join(self.cfg.data, s.path)}: cannot decode row group {unit} ({type(e).__name__}: "
                              f"{e}); delete it and re-run tokenize --resume, or pass skip_bad_shards=true") from e
-        return unit * self._row_group(shard), labels, tokens.reshape((t.num_rows, *shape))
+        return unit * self._row_group(shard), labels, tokens
 
     def _read_wds(self, s: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
-        """Labels (n,) and tokens (n, n_aug, h, w) of a whole WebDataset shard, checksum-verified.
-
-        A fast path over ``shards.read_shard``: token members share one .npy header, so they
-        are sliced out of one buffer; labels come from the ``cls`` members (json is not parsed).
-        """
+        """Labels (n,) and tokens (n, n_aug, h, w) of a whole WebDataset shard, checksum-verified
+        (``shards.decode_webdataset`` without the source keys, which training does not need)."""
         fs, root = url_to_fs(self.cfg.data, **self.storage_options)
         full = join(root, s.path)
         data = read_shard_bytes(fs, full, s, verify=True)
-        shape = (self.info.n_aug, self.info.latent_h, self.info.latent_w)
         try:
-            payloads, labels = [], []
-            for name, payload in iter_ustar(gzip.decompress(data)):
-                if name.endswith(".tokens.npy"):
-                    payloads.append(payload)
-                elif name.endswith(".cls"):
-                    labels.append(int(payload))
-            if not payloads:
-                return np.zeros((0,), np.int64), np.zeros((0, *shape), self.info.token_dtype)
-            head = len(payloads[0]) - int(np.prod(shape)) * self.info.token_dtype.itemsize
-            ref = np.load(io.BytesIO(payloads[0]), allow_pickle=False)
-            if ref.shape != shape or any(len(p) != len(payloads[0]) for p in payloads):
-                raise ConfigError(f"tokens.npy members are not all {shape} {self.info.token_dtype}")
-            tokens = np.frombuffer(b"".join(p[head:] for p in payloads), dtype=ref.dtype).reshape((-1, *shape))
+            _, labels, tokens = decode_webdataset(data, self.info, with_keys=False)
         except Exception as e:
             raise ShardError(f"{full}: cannot decode webdataset shard ({type(e).__name__}: {e}); delete it and "
                              "re-run tokenize --resume, or pass skip_bad_shards=true") from e
         if len(tokens) != s.samples or len(labels) != s.samples:
             raise ShardError(f"{full}: holds {len(tokens)} samples, the manifest says {s.samples}")
-        return np.asarray(labels, np.int64), tokens
+        return labels, tokens
 
     def _unit(self, key: tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray]:
         if key in self._cache:

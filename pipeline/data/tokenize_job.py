@@ -20,7 +20,6 @@ Every listed image ends up in exactly one shard or in the error report with its 
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -439,7 +438,3 @@ def run_tokenize(cfg: TokenizeConfig, *, progress: Callable[[TokenizeProgress], 
     steady, enc = _throughput(arrivals, encode_s)
     n_units, n_run = len(plan.units), len(plan.pending)
     return TokenizeResult(cfg.out, manifest, n_units, n_run, n_units - n_run, dt, steady, enc)
-
-
-def config_to_dict(cfg: TokenizeConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)

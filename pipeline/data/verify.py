@@ -16,11 +16,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 
+from maskgit_core.checks import check_labels
+from maskgit_core.errors import ConfigError
 from pipeline.data.shards import ShardError, join, read_manifest, read_shard, url_to_fs
 
-__all__ = ["VerifyReport", "verify_dataset", "read_error_report", "tokens_of"]
+__all__ = ["VerifyReport", "verify_dataset", "read_error_report"]
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,13 @@ def verify_dataset(out: str, *, source: str | None = None, layout: str = "auto",
                 continue
             if len(rows) and int(rows.tokens.max()) >= info.codebook_size:
                 problem(f"{s.path}: token id {int(rows.tokens.max())} >= codebook size {info.codebook_size}")
-            if len(rows) and n_classes and (rows.labels.min() < 0 or rows.labels.max() >= max(
-                    n_classes, max(c["index"] for c in m.classes) + 1)):
-                problem(f"{s.path}: labels outside the class table (0..{n_classes - 1})")
+            if n_classes:
+                try:
+                    check_labels(rows.labels, max(n_classes, max(c["index"] for c in m.classes) + 1),
+                                 what=f"{s.path}: labels",
+                                 fix="the manifest's class table lacks them; re-tokenize the source")
+                except ConfigError as e:
+                    problem(str(e))
             for k, lab, tok in zip(rows.keys, rows.labels, rows.tokens):
                 if k in seen:
                     problem(f"key {k!r} appears twice in the {fmt} shards ({s.path})")
@@ -142,18 +147,3 @@ def verify_dataset(out: str, *, source: str | None = None, layout: str = "auto",
     if p:
         log.warning("verify %s: %d problem(s)", out, len(p))
     return rep
-
-
-def tokens_of(out: str, fmt: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """All (tokens (N, n_aug, h, w), labels (N,), keys) of a dataset, in shard order (small datasets)."""
-    m = read_manifest(out)
-    fmt = fmt or m.formats[0]
-    toks, labs, keys = [], [], []
-    for s in m.shards_of(fmt):
-        r = read_shard(out, s, m.tokenizer)
-        toks.append(r.tokens)
-        labs.append(r.labels)
-        keys += r.keys
-    shape = (0, m.tokenizer.n_aug, m.tokenizer.latent_h, m.tokenizer.latent_w)
-    return (np.concatenate(toks) if toks else np.zeros(shape, m.tokenizer.token_dtype),
-            np.concatenate(labs) if labs else np.zeros(0, np.int64), keys)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskgit_core.checkpoint_io import check_state_dict, read_checkpoint_dir, save_checkpoint_dir
+from maskgit_core.checks import check_labels
 from maskgit_core.errors import ConfigError
 
 __all__ = ["ClassifierConfig", "ProxyClassifier", "train_feature_classifier", "save_classifier",
@@ -101,6 +102,7 @@ def train_feature_classifier(images, labels, *, num_classes: int | None = None, 
     if x.shape[0] != y.shape[0]:
         raise ConfigError(f"{x.shape[0]} images but {y.shape[0]} labels")
     nc = int(num_classes or int(y.max()) + 1)
+    check_labels(y, nc, what="classifier training labels", fix="pass num_classes covering every label")
     cfg = ClassifierConfig(num_classes=nc, image_size=image_size or x.shape[-1], width=width,
                            feature_dim=feature_dim)
     g = torch.Generator().manual_seed(seed)
