@@ -26,6 +26,8 @@ import tokenizer
 import transformer
 from transformer.editing import pixel_mask_to_token_mask
 
+pytestmark = pytest.mark.integration  # a real Chromium against a real studio server
+
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 

@@ -128,6 +128,10 @@ def test_job_exactly_once_and_bad_inputs(data, ref):
             assert key in errors and key not in keys and errors[key], kind
     assert "no class folder" in errors[data["bad"]["no_class_folder"]]
     assert "empty file" in errors[data["bad"]["zero_byte"]]
+    assert "aspect ratio above 16:1" in errors[data["bad"]["thin_png"]]
+    assert "aspect ratio above 16:1" in errors[data["bad"]["very_thin_png"]]
+    assert "not a regular file (a FIFO)" in errors[data["bad"]["fifo"]]
+    assert "not a regular file (a character device)" in errors[data["bad"]["dev_zero_link"]]
     assert [c["id"] for c in m.classes] == list(CLASSES) and m.classes[0]["name"].startswith("tench")
     # manifest.json is written last
     shard_mtimes = [p.stat().st_mtime for p in Path(out).glob("*/*") if p.is_file()]

@@ -139,6 +139,7 @@ def _launch(out: Path, data: Path, *extra: str, resume: str | None = None) -> su
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_resume_refuses_other_settings_foreign_files_and_a_silent_restart(tmp_path):
     data = tmp_path / "tokens"
     write_synthetic_token_dataset(str(data), codebook_size=64, latent_size=4, num_classes=10, shard_sizes=[300],

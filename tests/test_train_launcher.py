@@ -58,6 +58,7 @@ def test_output_streams_to_the_callback_and_the_log_file(tmp_path, monkeypatch):
     assert (tmp_path / "run" / LOG_FILE).read_text().count("\n# ") == 1  # appended: two runs, two headers
 
 
+@pytest.mark.integration
 def test_real_launch_failing_inside_the_job_surfaces_its_error(tmp_path):
     """The deepspeed launcher on 1 CPU rank, on a data dir whose manifest lacks its tokenizer
     (~20-45 s on 2 cores: the launcher and one rank start, then the job fails reading the data)."""

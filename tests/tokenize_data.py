@@ -44,7 +44,7 @@ def make_imagenet_tree(root: Path, *, per_class: int = 4, classes=WNIDS, split: 
 
 
 BAD_KINDS = ("truncated", "zero_byte", "cmyk", "grayscale", "png_as_jpeg", "directory", "broken_symlink",
-             "no_class_folder")
+             "no_class_folder", "thin_png", "very_thin_png", "fifo", "dev_zero_link")
 # kinds that must decode (converted to RGB); the others must land in the error report
 CONVERTIBLE = ("cmyk", "grayscale", "png_as_jpeg")
 
@@ -73,6 +73,14 @@ def add_bad_file(root: Path, kind: str, *, split: str = "train", wnid: str = WNI
         p.mkdir()
     elif kind == "broken_symlink":
         os.symlink(d / "does-not-exist.JPEG", p)
+    elif kind in ("thin_png", "very_thin_png"):  # 88 bytes that would need 1.3 GiB after the ADM resize
+        b = io.BytesIO()
+        Image.new("RGB", (2000 if kind == "thin_png" else 200000, 1), (200, 30, 30)).save(b, format="PNG")
+        p.write_bytes(b.getvalue())
+    elif kind == "fifo":  # a reader that opened it would block forever
+        os.mkfifo(p)
+    elif kind == "dev_zero_link":  # a reader that followed it would read without end
+        os.symlink("/dev/zero", p)
     elif kind == "no_class_folder":
         p = root / split / name
         p.write_bytes(jpeg_bytes(img))

@@ -24,10 +24,15 @@ from PIL import Image
 
 from maskgit_core.errors import ConfigError, DecodeError
 
-__all__ = ["AUGMENTATIONS", "view_names", "decode_rgb", "center_crop_arr", "make_views", "preprocess_bytes",
+__all__ = ["MAX_ASPECT", "MAX_PIXELS", "AUGMENTATIONS", "view_names", "decode_rgb", "center_crop_arr", "make_views", "preprocess_bytes",
            "DecodeError"]
 
 AUGMENTATIONS = ("hflip", "tencrop")
+MAX_ASPECT = 16.0
+"""Longest / shortest side above this is refused: the ADM resize scales the shorter side to the crop
+size, so a 2000x1 image would become 512,000 pixels wide (1.3 GiB) to yield a sliver."""
+MAX_PIXELS = 100_000_000
+"""Pixels of the decoded image above this are refused before decoding (about 300 MB of RGB)."""
 _TEN = ("tl", "tr", "bl", "br", "c")
 
 
@@ -72,14 +77,27 @@ def decode_rgb(data: bytes) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             fmt = img.format
+            _check_geometry(*img.size, fmt)  # from the header, before a pixel is decoded
             img.load()  # decode now: truncated data fails here, not later
             rgb = _to_rgb(img)
+    except DecodeError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning,
-            EOFError) as e:
+            EOFError, MemoryError) as e:
         raise DecodeError(f"cannot decode image ({type(e).__name__}: {e})") from None
     if rgb.width < 1 or rgb.height < 1:
         raise DecodeError(f"image has no pixels ({rgb.width}x{rgb.height}, {fmt})")
     return rgb
+
+
+def _check_geometry(w: int, h: int, fmt: str | None) -> None:
+    if w < 1 or h < 1:
+        raise DecodeError(f"image has no pixels ({w}x{h}, {fmt})")
+    if w * h > MAX_PIXELS:
+        raise DecodeError(f"image is {w}x{h} = {w * h:,} pixels ({fmt}), above the limit of {MAX_PIXELS:,}")
+    if max(w, h) / min(w, h) > MAX_ASPECT:
+        raise DecodeError(f"image is {w}x{h} ({fmt}): aspect ratio above {MAX_ASPECT:g}:1, its centre crop would "
+                          "be a resized sliver")
 
 
 def _adm_resize(img: Image.Image, shorter: int) -> Image.Image:

@@ -29,18 +29,33 @@ import csv
 import io
 import json
 import logging
+import os
 import posixpath
+import stat
 import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from pipeline.data.shards import url_to_fs
+from pipeline.data.storage import is_local, url_to_fs
 from maskgit_core.errors import ConfigError
 
 __all__ = ["SourceItem", "Listing", "list_source", "ItemReader", "LAYOUTS", "LABEL_MAPS", "IMAGE_EXTS",
            "imagenet_class_entries"]
 
 log = logging.getLogger(__name__)
+
+MAX_IMAGE_BYTES = 64 << 20
+"""Bytes per source image above this are refused (an error report line), whatever the layout."""
+MAX_LABEL = 1_000_000
+"""A WebDataset ``cls`` must lie in [0, MAX_LABEL): the class table has one row per label."""
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 LAYOUTS = ("auto", "folder", "imagenet", "val-flat", "tar-of-tars", "webdataset")
 LABEL_MAPS = ("sorted", "imagenet1k")
@@ -346,9 +361,12 @@ def _webdataset(fs, path: str, *, uri: str, split: str | None) -> Listing:
                         errors.append((key, "no .cls member (label) in the sample"))
                         continue
                     try:
-                        lab = int(tar.extractfile(g["cls"]).read().decode().strip())
+                        lab = int(tar.extractfile(g["cls"]).read(64).decode().strip())
                     except (ValueError, UnicodeDecodeError) as e:
                         errors.append((key, f"unreadable .cls label ({e})"))
+                        continue
+                    if not 0 <= lab < MAX_LABEL:
+                        errors.append((key, f".cls label {lab} outside [0, {MAX_LABEL:,})"))
                         continue
                     labels.add(lab)
                     items.append(SourceItem(key, lab, _full(fs, shard), img.offset_data, img.size))
@@ -427,12 +445,17 @@ class ItemReader:
         return fs, fs._strip_protocol(loc)
 
     def read(self, item: SourceItem) -> bytes:
-        """The item's bytes; OSError (with the reason) when they cannot be read."""
+        """The item's bytes; OSError (with the reason) when they cannot be read. Only regular files
+        are read (never a FIFO, a device or a directory, also behind a symlink), and at most
+        ``MAX_IMAGE_BYTES`` per image."""
         fs, path = self._fs_path(item.loc)
         if item.offset < 0:
-            if fs.isdir(path):
-                raise IsADirectoryError(f"is a directory, not an image file: {item.key}")
+            size = self._regular_file_size(fs, path, item.key)
+            if size > MAX_IMAGE_BYTES:
+                raise OSError(f"file is {size:,} bytes, above the per-image limit of {MAX_IMAGE_BYTES:,}")
             return fs.cat_file(path)
+        if item.size > MAX_IMAGE_BYTES:
+            raise OSError(f"tar member is {item.size:,} bytes, above the per-image limit of {MAX_IMAGE_BYTES:,}")
         f = self._open.get(item.loc)
         if f is None:
             f = self._open[item.loc] = fs.open(path, "rb", block_size=1 << 20)
@@ -441,6 +464,20 @@ class ItemReader:
         if len(data) != item.size:
             raise OSError(f"short read: {len(data)} of {item.size} bytes at offset {item.offset} of {item.loc}")
         return data
+
+    @staticmethod
+    def _regular_file_size(fs, path: str, key: str) -> int:
+        if is_local(fs):
+            st = os.stat(path)  # follows symlinks: a link to /dev/zero is a character device
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(f"is a directory, not an image file: {key}")
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"not a regular file ({_file_kind(st.st_mode)}): {key}")
+            return st.st_size
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            raise IsADirectoryError(f"is a directory, not an image file: {key}")
+        return int(info.get("size") or 0)
 
     def close(self) -> None:
         for f in self._open.values():

@@ -202,6 +202,9 @@ class TokenStream(IterableDataset):
             check_labels([c["index"] for c in self.manifest.classes], num_classes, error=ShardError,
                          what=f"{cfg.data}: the dataset has {ncls} classes; labels",
                          fix=f"pick a model config with num_classes>={ncls} (plus one if training with class dropout)")
+        # labels a model may see: a label outside would silently become an image token id (-5 + K < K)
+        self.label_bound = num_classes if num_classes is not None else max(
+            [c["index"] + 1 for c in self.manifest.classes] + [ncls])
         self.info = self.manifest.tokenizer
         self.shards: list[ShardInfo] = self.manifest.shards_of(cfg.format)
         self.bad = self._check_files()
@@ -308,6 +311,11 @@ class TokenStream(IterableDataset):
             self._cache.move_to_end(key)
             return self._cache[key]
         value = self._load_unit(key)
+        if self.label_bound:
+            check_labels(value[1], self.label_bound, error=ShardError,
+                         what=f"{join(self.cfg.data, self.shards[key[0]].path)}: labels",
+                         fix="the shard does not match its class table: re-tokenize it from a source with valid "
+                             "labels, or pass skip_bad_shards=true to train without it")
         self._cache[key] = value
         budget = 2 * self.cfg.shuffle_buffer + 2 * max(len(v[1]) for v in self._cache.values())
         while sum(len(v[1]) for v in self._cache.values()) > budget and len(self._cache) > 1:

@@ -47,6 +47,8 @@ __all__ = ["TokenizeConfig", "TokenizeResult", "TokenizeProgress", "ResourcePlan
 log = logging.getLogger(__name__)
 
 ERRORS_FILE = "errors.jsonl"
+RAY_RETRIES = 3
+"""Retries of a Ray task or actor that died (e.g. killed for memory) before the job fails."""
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
@@ -337,12 +339,16 @@ def _unit_dataset(cfg: TokenizeConfig, plan: _Plan, model):
     payload_ref = ray.put(encoder_payload(model))
     rows = [{"unit": u, "items": json.dumps([it.to_list() for it in plan.units[u]])} for u in plan.pending]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    # bounded retries (Ray Data retries a failed task or actor without limit by default): a unit whose
+    # worker dies RAY_RETRIES + 1 times fails the job with the reason, and a rerun continues after it
     ds = ds.map_batches(decode_unit, batch_size=1, batch_format="numpy", num_cpus=res.decode_cpus,
-                        fn_kwargs={"image_size": info.image_size, "augmentations": cfg.augmentations})
+                        fn_kwargs={"image_size": info.image_size, "augmentations": cfg.augmentations},
+                        max_retries=RAY_RETRIES)
     return ds.map_batches(
         EncodeUnits, batch_size=1, batch_format="numpy",
         compute=ActorPoolStrategy(min_size=1, max_size=res.num_encoders),
         num_cpus=res.encoder_cpus, num_gpus=res.encoder_gpus or None,
+        max_restarts=RAY_RETRIES, max_task_retries=RAY_RETRIES,
         fn_constructor_args=([payload_ref],),
         fn_constructor_kwargs=dict(device=res.device, precision=cfg.precision, batch_size=cfg.batch_size,
                                    search=cfg.search, torch_threads=res.torch_threads,

@@ -34,6 +34,8 @@ def decode_unit(batch: dict[str, np.ndarray], *, image_size: int, augmentations:
                     errors.append([item.key, str(e)])
                 except OSError as e:
                     errors.append([item.key, f"cannot read file ({type(e).__name__}: {e.strerror or e})"])
+                except Exception as e:  # noqa: BLE001 - one bad image must not fail (and retry) the whole unit
+                    errors.append([item.key, f"cannot process image ({type(e).__name__}: {e})"])
             images = np.stack(views) if views else np.zeros((0,), np.uint8)  # (N, V, 3, S, S)
             out["unit"].append(int(unit))
             out["keys"].append(json.dumps(keys))
