@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pipeline.train.launcher import free_port
 import torch
 
 from pipeline.data import shards as sh
 from pipeline.data.stream import (StreamConfig, StreamPlan, TokenStream, aug_index, epoch_blocks, stream_positions)
 from pipeline.data.synthetic import write_synthetic_token_dataset
+from pipeline.train.launcher import free_port
 
 SIZES = [100, 37, 250, 5, 64]
 TOTAL = sum(SIZES)

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pipeline.train.launcher import free_port
 import torch
 
 import tokenizer
@@ -28,6 +26,7 @@ from pipeline.data.sources import ItemReader, list_source
 from pipeline.data.tokenize_job import (JOB_DIR, STATUS_FILE, TokenizeConfig, plan_resources, plan_units,
                                         run_tokenize)
 from pipeline.data.verify import read_error_report, verify_dataset
+from pipeline.train.launcher import free_port
 from tokenize_data import BAD_KINDS, CONVERTIBLE, add_bad_file, make_imagenet_tree
 
 REPO = Path(__file__).resolve().parents[1]

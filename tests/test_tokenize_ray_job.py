@@ -11,13 +11,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from pipeline.train.launcher import free_port
 import torch
 import yaml
 
 import tokenizer
 from pipeline.data.verify import verify_dataset
+from pipeline.train.launcher import free_port
 from tokenize_data import make_imagenet_tree
 
 REPO = Path(__file__).resolve().parents[1]

@@ -327,11 +327,29 @@ def train_tokenizer(data: str | os.PathLike | ImageSet, *, model_config: VQGANCo
         torch.set_num_threads(threads_before)
 
 
-def _train(data: str | os.PathLike | ImageSet, mcfg: VQGANConfig, cfg: TrainConfig,
-           out: str | os.PathLike | None, on_log: Callable[[dict], None] | None) -> TrainResult:
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+def _final_metrics(model: VQGAN, val: np.ndarray, images: ImageSet, init: dict, mcfg: VQGANConfig,
+                   cfg: TrainConfig, *, steps_done: int, train_s: float, load_s: float,
+                   restarted_total: int) -> dict:
+    final = evaluate(model, val)
+    log.info("tokenizer training done: %d steps in %.1f s, held-out PSNR %.2f dB (init %.2f), usage %.2f, "
+             "perplexity %.1f", steps_done, train_s, final["psnr"], init["psnr"], final["usage"],
+             final["perplexity"])
+    return {
+        "steps": steps_done, "seconds": round(train_s, 2), "load_seconds": round(load_s, 2),
+        "images_per_second": round(steps_done * cfg.batch_size / max(train_s, 1e-9), 1),
+        "train_images": len(images.train), "val_images": len(val), "skipped_files": len(images.skipped),
+        "init_psnr": init["psnr"], "psnr": final["psnr"], "usage": final["usage"],
+        "perplexity": final["perplexity"], "codes_used": final["codes_used"],
+        "codebook_size": mcfg.codebook_size, "dead_codes_restarted": restarted_total,
+        "torch_threads": torch.get_num_threads(),
+        "perceptual_loss": "not used (no pretrained LPIPS/VGG weights offline)",
+        "adversarial_loss": "not used (short CPU runs)",
+    }
 
+
+def _load_train_images(data: str | os.PathLike | ImageSet, mcfg: VQGANConfig, cfg: TrainConfig
+                       ) -> tuple[ImageSet, np.ndarray, float]:
+    """(images, held-out images, load seconds); a folder is read with the config's hold-out rule."""
     t_load = time.perf_counter()
     images = data if isinstance(data, ImageSet) else load_image_folder(
         data, image_size=mcfg.image_size, max_images=cfg.max_images, val_images=cfg.val_images, seed=cfg.seed)
@@ -342,6 +360,40 @@ def _train(data: str | os.PathLike | ImageSet, mcfg: VQGANConfig, cfg: TrainConf
     val = images.val if len(images.val) else images.train[: cfg.val_images]
     log.info("tokenizer training: %d train / %d held-out images (%d skipped), loaded in %.1f s",
              len(images.train), len(val), len(images.skipped), load_s)
+    return images, val, load_s
+
+
+def _sample_batch(train: np.ndarray, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """A random batch (B, 3, S, S) float, flipped at random when ``cfg.flip``, channels-last."""
+    idx = torch.randint(0, len(train), (cfg.batch_size,), generator=gen)
+    x = _to_float(train[idx])  # (B, 3, S, S)
+    if cfg.flip:
+        flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _loss(model: VQGAN, x: torch.Tensor, mcfg: VQGANConfig, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The VQ-VAE objective with a straight-through estimator: L1 + L2 reconstruction, codebook and
+    commitment terms; also the latents, ids and reconstruction the caller needs."""
+    z = model.encode_latents(x)  # (B, D, h, w)
+    ids = model.quantizer.ids(z)  # (B, h, w)
+    e = model.quantizer.embed(ids)
+    codebook_loss = F.mse_loss(e, z.detach())
+    commitment_loss = mcfg.commitment_cost * F.mse_loss(z, e.detach())
+    recon = model.decoder(z + (e - z).detach())  # straight-through
+    l1 = (recon - x).abs().mean()
+    l2 = F.mse_loss(recon, x)
+    loss = cfg.l1_weight * l1 + cfg.l2_weight * l2 + cfg.codebook_weight * codebook_loss + commitment_loss
+    return {"loss": loss, "l1": l1, "l2": l2, "codebook": codebook_loss, "commitment": commitment_loss,
+            "z": z, "ids": ids, "recon": recon}
+
+
+def _train(data: str | os.PathLike | ImageSet, mcfg: VQGANConfig, cfg: TrainConfig,
+           out: str | os.PathLike | None, on_log: Callable[[dict], None] | None) -> TrainResult:
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    images, val, load_s = _load_train_images(data, mcfg, cfg)
 
     model = VQGAN(mcfg).to(memory_format=torch.channels_last)  # ~10 % faster convs on CPU
     init = evaluate(model, val)
@@ -357,29 +409,16 @@ def _train(data: str | os.PathLike | ImageSet, mcfg: VQGANConfig, cfg: TrainConf
     for step in range(cfg.steps):
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg)
-        idx = torch.randint(0, len(images.train), (cfg.batch_size,), generator=gen)
-        x = _to_float(images.train[idx])  # (B, 3, S, S)
-        if cfg.flip:
-            flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        x = x.contiguous(memory_format=torch.channels_last)
-        z = model.encode_latents(x)  # (B, D, h, w)
-        ids = model.quantizer.ids(z)  # (B, h, w)
-        e = model.quantizer.embed(ids)
-        codebook_loss = F.mse_loss(e, z.detach())
-        commitment_loss = mcfg.commitment_cost * F.mse_loss(z, e.detach())
-        recon = model.decoder(z + (e - z).detach())  # straight-through
-        l1 = (recon - x).abs().mean()
-        l2 = F.mse_loss(recon, x)
-        loss = cfg.l1_weight * l1 + cfg.l2_weight * l2 + cfg.codebook_weight * codebook_loss + commitment_loss
+        x = _sample_batch(images.train, cfg, gen)
+        out_ = _loss(model, x, mcfg, cfg)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        out_["loss"].backward()
         opt.step()
 
-        hits += torch.bincount(ids.flatten(), minlength=mcfg.codebook_size)
+        hits += torch.bincount(out_["ids"].flatten(), minlength=mcfg.codebook_size)
         done = step + 1
         if cfg.restart_every and done == next_restart:
-            flat = z.detach().permute(0, 2, 3, 1).reshape(-1, mcfg.embedding_dim)  # (B*h*w, D)
+            flat = out_["z"].detach().permute(0, 2, 3, 1).reshape(-1, mcfg.embedding_dim)  # (B*h*w, D)
             dead = restart_dead_codes(codebook.data, hits, flat, gen)
             _reset_adam_rows(opt, codebook, dead)
             restarted_total += int(dead.numel())
@@ -388,9 +427,8 @@ def _train(data: str | os.PathLike | ImageSet, mcfg: VQGANConfig, cfg: TrainConf
             next_restart = done + cfg.restart_every
 
         if done % cfg.log_every == 0 or done == cfg.steps:
-            rec = {"step": done, "loss": loss.item(), "l1": l1.item(), "l2": l2.item(),
-                   "codebook": codebook_loss.item(), "commitment": commitment_loss.item(),
-                   "train_psnr": float(psnr(recon.detach(), x).mean()), "lr": opt.param_groups[0]["lr"],
+            rec = {"step": done, **{k: out_[k].item() for k in ("loss", "l1", "l2", "codebook", "commitment")},
+                   "train_psnr": float(psnr(out_["recon"].detach(), x).mean()), "lr": opt.param_groups[0]["lr"],
                    "seconds": time.perf_counter() - t0}
             history.append(rec)
             log.info("step %d/%d loss %.4f psnr %.2f dB", done, cfg.steps, rec["loss"], rec["train_psnr"])
@@ -400,23 +438,9 @@ def _train(data: str | os.PathLike | ImageSet, mcfg: VQGANConfig, cfg: TrainConf
             log.info("tokenizer training: stopping after %d steps (max_seconds=%s)", done, cfg.max_seconds)
             break
     train_s = time.perf_counter() - t0
-    steps_done = step + 1
-    final = evaluate(model, val)
+    metrics = _final_metrics(model, val, images, init, mcfg, cfg, steps_done=step + 1, train_s=train_s,
+                             load_s=load_s, restarted_total=restarted_total)
     model = model.to(memory_format=torch.contiguous_format).eval()
-    metrics = {
-        "steps": steps_done, "seconds": round(train_s, 2), "load_seconds": round(load_s, 2),
-        "images_per_second": round(steps_done * cfg.batch_size / max(train_s, 1e-9), 1),
-        "train_images": len(images.train), "val_images": len(val), "skipped_files": len(images.skipped),
-        "init_psnr": init["psnr"], "psnr": final["psnr"], "usage": final["usage"],
-        "perplexity": final["perplexity"], "codes_used": final["codes_used"],
-        "codebook_size": mcfg.codebook_size, "dead_codes_restarted": restarted_total,
-        "torch_threads": torch.get_num_threads(),
-        "perceptual_loss": "not used (no pretrained LPIPS/VGG weights offline)",
-        "adversarial_loss": "not used (short CPU runs)",
-    }
-    log.info("tokenizer training done: %d steps in %.1f s, held-out PSNR %.2f dB (init %.2f), usage %.2f, "
-             "perplexity %.1f", steps_done, train_s, final["psnr"], init["psnr"], final["usage"],
-             final["perplexity"])
     result = TrainResult(model=model, metrics=metrics, history=history)
     if out is not None:
         from . import save
