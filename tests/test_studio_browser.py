@@ -5,7 +5,7 @@ pixel, what ``python -m pipeline.cli sample`` / ``edit`` write for the same sett
 Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian: ``apt-get install chromium
 chromium-driver``; ``make test`` installs them when run as root) and the ``selenium`` package;
 skips with the reason otherwise. Screenshots go to $MASKGIT_STUDIO_SCREENSHOTS (docs/studio/ for
-the docs) or the test's tmp dir.
+the docs) or the test's tmp dir; $MASKGIT_STUDIO_DEMO_OUT runs it on the models `make demo` trained.
 """
 from __future__ import annotations
 
@@ -43,7 +43,16 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
+    """Tiny random models; or, with $MASKGIT_STUDIO_DEMO_OUT, the models `make demo` trained (for the
+    docs' screenshots: the same test then checks the trained models against the CLI too)."""
     d = tmp_path_factory.mktemp("studio-browser")
+    demo = os.environ.get("MASKGIT_STUDIO_DEMO_OUT")
+    if demo:
+        demo = Path(demo).resolve()
+        for name, target in (("tok", demo / "tokenizer"), ("mvtm", demo / "runs" / "mvtm" / "export"),
+                             ("ar", demo / "runs" / "ar" / "export")):
+            (d / name).symlink_to(target, target_is_directory=True)
+        return d
     torch.manual_seed(0)
     tokenizer.save(tokenizer.build("debug"), d / "tok")
     transformer.save(transformer.build("debug", latent_size=8), d / "mvtm")
