@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
 
+    from pipeline.train.cuda_env import sanitize_environ
+
+    sanitize_environ()  # before DeepSpeed reads TORCH_CUDA_ARCH_LIST (it cannot parse "9.0a")
     import deepspeed
     import torch
 

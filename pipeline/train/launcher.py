@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from pipeline.train.cuda_env import sanitize_environ
 from maskgit_core.errors import TrainingError
 
 __all__ = ["jobs_dir", "deepspeed_command", "run_training", "stream_command", "error_lines", "free_port",
@@ -70,6 +72,7 @@ def run_training(*, on_line: Callable[[str], None] | None = None, **kwargs: Any)
     if not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")  # ranks write as they go, not when their buffer fills
+    sanitize_environ(env)  # the launcher itself imports DeepSpeed's op builders too
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(jobs_dir().parent), env.get("PYTHONPATH")]))
     log_path = Path(kwargs["out"]) / LOG_FILE
     log.info("running %s (output in %s)", " ".join(cmd), log_path)
