@@ -152,3 +152,15 @@ def test_no_provenance_keeps_paths_out_of_train_export(tmp_path):
     meta = json.loads((tmp_path / "without" / "config.json").read_text())
     assert str(tmp_path) not in json.dumps(meta)
     assert meta["trained_steps"] == 5 and meta["objective"]
+
+
+def test_the_in_run_export_can_keep_paths_out(tmp_path):
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.export import save_export
+
+    torch.manual_seed(0)
+    state = tfm.build("debug").state_dict()
+    cfg = TrainConfig(data=str(tmp_path / "tokens"), out=str(tmp_path / "run"), export_provenance=False)
+    d = save_export(cfg, state, tag_name(3), tmp_path / "export")
+    meta = json.loads((d / "config.json").read_text())
+    assert str(tmp_path) not in json.dumps(meta) and meta["trained_steps"] == 3
