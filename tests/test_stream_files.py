@@ -74,3 +74,20 @@ def test_an_error_of_the_storage_names_it_and_never_advises_deleting_data(many_s
     msg = str(info.value)
     assert "delete" not in msg.lower()
     assert errno.errorcode[err.errno] in msg and "unit-" in msg
+
+
+def test_a_storage_error_when_opening_is_never_blamed_on_the_shard(many_shards, monkeypatch):
+    ds = _stream(many_shards, skip_bad_shards=True)
+    real = stream_mod.url_to_fs
+
+    class Refusing:
+        def __init__(self, fs):
+            self.fs = fs
+
+        def open(self, *a, **k):
+            raise OSError("connection dropped by the object store")  # no errno, as s3fs raises them
+
+    monkeypatch.setattr(stream_mod, "url_to_fs", lambda *a, **k: (Refusing(real(*a, **k)[0]), real(*a, **k)[1]))
+    with pytest.raises(stream_mod.ShardAccessError) as info:
+        next(iter(ds))
+    assert "delete" not in str(info.value).lower() and "connection dropped" in str(info.value)

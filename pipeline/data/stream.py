@@ -195,7 +195,7 @@ _STORAGE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.EACCES, errno.EPERM, errno.
 
 
 def _storage_error(full: str, e: OSError) -> ShardAccessError:
-    code = errno.errorcode.get(e.errno, str(e.errno))
+    code = errno.errorcode.get(e.errno) or type(e).__name__
     if e.errno in (errno.EMFILE, errno.ENFILE):
         fix = ("the process ran out of file descriptors: raise the limit (`ulimit -n`) or lower the stream's "
                "max_open_files")
@@ -290,22 +290,18 @@ class TokenStream(IterableDataset):
             handle.close()
         fs, root = url_to_fs(self.cfg.data, **self.storage_options)
         full = join(root, self.shards[shard].path)
-        handle = None
         try:
             handle = fs.open(full, "rb")
-            pf = pq.ParquetFile(handle)
         except FileNotFoundError as e:
             raise missing_shard_error(full, skippable=True) from e
-        except OSError as e:
-            if handle is not None:
-                handle.close()
-            if e.errno is not None and e.errno in _STORAGE_ERRNOS:
-                raise _storage_error(full, e) from e
-            raise ShardError(f"{full}: cannot open Parquet shard ({type(e).__name__}: {e}); delete it and "
-                             "re-run tokenize --resume, or pass skip_bad_shards=true") from e
+        except OSError as e:  # opening reads no bytes: the process, permissions or the storage
+            raise _storage_error(full, e) from e
+        try:
+            pf = pq.ParquetFile(handle)
         except Exception as e:
-            if handle is not None:
-                handle.close()
+            handle.close()
+            if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+                raise _storage_error(full, e) from e
             raise ShardError(f"{full}: cannot open Parquet shard ({type(e).__name__}: {e}); delete it and "
                              "re-run tokenize --resume, or pass skip_bad_shards=true") from e
         md = pf.metadata
@@ -337,6 +333,11 @@ class TokenStream(IterableDataset):
             t = pf.read_row_group(unit, columns=["label", "tokens"])
             tokens = parquet_tokens(t, self.info)
             labels = t.column("label").to_numpy().astype(np.int64)
+        except OSError as e:
+            if e.errno not in _STORAGE_ERRNOS:
+                raise ShardError(f"{join(self.cfg.data, s.path)}: cannot read row group {unit} ({type(e).__name__}: "
+                                 f"{e}); delete it and re-run tokenize --resume, or pass skip_bad_shards=true") from e
+            raise _storage_error(join(self.cfg.data, s.path), e) from e
         except Exception as e:
             raise ShardError(f"{join(self.cfg.data, s.path)}: cannot decode row group {unit} ({type(e).__name__}: "
                              f"{e}); delete it and re-run tokenize --resume, or pass skip_bad_shards=true") from e
