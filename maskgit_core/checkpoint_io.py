@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
+from .outputs import atomic_write
 
 __all__ = ["save_checkpoint_dir", "read_checkpoint_dir", "file_sha256", "resolve_checkpoint_dir",
            "check_state_dict", "dataclass_from_dict", "load_model_dir", "FORMAT_VERSION"]
@@ -39,19 +40,16 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def save_checkpoint_dir(directory: str | os.PathLike, *, kind: str, config: dict[str, Any],
                         state_dict: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> Path:
-    """Write weights then config (atomically each) into ``directory``; return it."""
+    """Write weights then config into ``directory``, each atomically (temp file in the directory,
+    fsync, rename): a failed save leaves the files that were there; return the directory."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    tmp = d / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"kind": kind, "format_version": str(FORMAT_VERSION)})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, d / WEIGHTS)
+    atomic_write(d / WEIGHTS, lambda tmp: save_file(
+        tensors, tmp, metadata={"kind": kind, "format_version": str(FORMAT_VERSION)}))
     meta = {"kind": kind, "format_version": FORMAT_VERSION, "config": config,
             "weights_sha256": file_sha256(d / WEIGHTS), **(extra or {})}
-    tmp = d / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    os.replace(tmp, d / CONFIG)
+    atomic_write(d / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1, sort_keys=True)))
     return d
 
 

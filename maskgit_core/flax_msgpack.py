@@ -13,6 +13,7 @@ import msgpack
 import numpy as np
 
 from .errors import CheckpointError
+from .outputs import atomic_write
 
 __all__ = ["read_flax_msgpack", "write_flax_msgpack", "flatten_tree", "CheckpointError"]
 
@@ -60,9 +61,15 @@ def _ext_default(obj: Any) -> Any:
 
 
 def write_flax_msgpack(tree: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write a nested dict of numpy arrays in the Flax msgpack layout (for tests and export)."""
-    with open(path, "wb") as f:
-        f.write(msgpack.packb(tree, default=_ext_default, use_bin_type=True))
+    """Write a nested dict of numpy arrays in the Flax msgpack layout (for tests and export);
+    atomically: an existing ``path`` is replaced whole or left as it was."""
+    data = msgpack.packb(tree, default=_ext_default, use_bin_type=True)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write(path, write)
 
 
 def flatten_tree(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:

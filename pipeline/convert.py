@@ -20,11 +20,12 @@ log = logging.getLogger(__name__)
 
 def convert_official(*, out: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None,
                      transformer_path: str | os.PathLike | None = None, image_size: int | None = None,
-                     num_classes: int = 1000, num_groups: int = 32) -> dict[str, Path]:
+                     num_classes: int = 1000, num_groups: int = 32, provenance: bool = True) -> dict[str, Path]:
     """Read the official msgpack files and write ``OUT/tokenizer/`` and/or ``OUT/transformer/``.
 
     The tokenizer's image size is not stored in its file: it is taken from the transformer's
     latent grid (16 -> 256 px, 32 -> 512 px) when both are given, else ``image_size`` (default 256).
+    Each config.json records its source file's sha256, and its path unless ``provenance`` is false.
     """
     if tokenizer_path is None and transformer_path is None:
         raise ConfigError("give --tokenizer and/or --transformer")
@@ -44,16 +45,18 @@ def convert_official(*, out: str | os.PathLike, tokenizer_path: str | os.PathLik
             if vq.config.image_size != size:
                 vq = load_official_tokenizer(tokenizer_path, image_size=size, num_groups=num_groups)
             tfm.check_pair(model.config, vq.config.codebook_size, vq.config.latent_size, source=str(transformer_path))
-        written["transformer"] = tfm.save(model, out / "transformer", extra={
-            "source": {"file": os.fspath(transformer_path), "sha256": file_sha256(transformer_path),
-                       "format": "official-flax-msgpack"}})
+        written["transformer"] = tfm.save(model, out / "transformer",
+                                          extra={"source": _source(transformer_path, provenance)})
     if vq is not None:
-        written["tokenizer"] = tok.save(vq, out / "tokenizer", extra={
-            "source": {"file": os.fspath(tokenizer_path), "sha256": file_sha256(tokenizer_path),
-                       "format": "official-flax-msgpack"}})
+        written["tokenizer"] = tok.save(vq, out / "tokenizer", extra={"source": _source(tokenizer_path, provenance)})
     for k, v in written.items():
         log.info("wrote %s to %s", k, v)
     return written
+
+
+def _source(path: str | os.PathLike, provenance: bool) -> dict[str, str]:
+    src = {"sha256": file_sha256(path), "format": "official-flax-msgpack"}
+    return {"file": os.fspath(path), **src} if provenance else src
 
 
 def export_official(*, checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict[str, Path]:

@@ -48,7 +48,8 @@ def make_demo_data_cmd(out, image_size, num_classes, train_per_class, val_per_cl
 @click.option("--seed", type=SEED, default=None, help="Seed (default: the preset's recipe).")
 @click.option("--threads", type=POSITIVE_INT, default=None,
               help="Torch threads (default: torch's; 1 is best when other jobs share the cores).")
-def train_tokenizer_cmd(source, preset, out, steps, batch_size, lr, max_seconds, seed, threads) -> None:
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out (its model files are replaced).")
+def train_tokenizer_cmd(source, preset, out, steps, batch_size, lr, max_seconds, seed, threads, overwrite) -> None:
     """Train a small VQGAN on a folder of images SOURCE (ImageNet layout SOURCE/train/<class>/*, or any
     folder of images) and write safetensors + config.json, with held-out PSNR and codebook usage.
 
@@ -59,8 +60,10 @@ def train_tokenizer_cmd(source, preset, out, steps, batch_size, lr, max_seconds,
     """
     from dataclasses import replace
 
+    from maskgit_core.outputs import check_output_dir
     from tokenizer.train import train_preset, train_tokenizer
 
+    check_output_dir(out, overwrite=overwrite)
     cfg = train_preset(preset)
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, max_seconds=max_seconds,
                                        seed=seed, threads=threads).items() if v is not None}

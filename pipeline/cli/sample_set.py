@@ -30,12 +30,15 @@ __all__ = ["register", "sample_set_cmd"]
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="cpu, cuda or auto (without --ray-address).")
 @click.option("--ray-address", default=None,
               help="Run shards as Ray tasks: 'auto' for the cluster this runs in, 'local' to start one.")
+@click.option("--overwrite", is_flag=True,
+              help="Sample again into a non-empty --out (removes its shards, manifest and sample_set.json).")
 def sample_set_cmd(checkpoint, tokenizer_dir, per_class, classes, out, seed, decode_steps, schedule, guidance_scale,
-                   null_label, shard_size, batch_size, device, ray_address) -> None:
+                   null_label, shard_size, batch_size, device, ray_address, overwrite) -> None:
     """Sample PER_CLASS images of each class into shards (.npz) with a manifest written last.
 
     Image i has noise seed SEED + i whatever the shard size or worker, so the same command gives
-    the same set; a rerun skips the shards already written.
+    the same set; a rerun with the same settings skips the shards already written, other settings
+    in a non-empty --out are refused unless --overwrite.
 
     \b
     Example:
@@ -52,7 +55,7 @@ def sample_set_cmd(checkpoint, tokenizer_dir, per_class, classes, out, seed, dec
     with Progress("sample-set", unit="shards") as bar:
         manifest = sample_set(checkpoint, tokenizer_dir, labels, out, seed=seed, shard_size=shard_size,
                               batch_size=batch_size, ray_address=ray_address, device=device,
-                              progress=bar.update, **kw)
+                              progress=bar.update, overwrite=overwrite, **kw)
     click.echo(f"wrote {len(labels)} images: {manifest}")
 
 

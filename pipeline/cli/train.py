@@ -80,16 +80,20 @@ def train_cmd(dataset, overrides, out, nproc, objective, config, ds_config, resu
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model directory.")
 @click.option("--tag", default=None, help="Checkpoint tag (default: the newest complete one).")
-def train_export_cmd(run_dir, out, tag) -> None:
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out (its model files are replaced).")
+@click.option("--no-provenance", is_flag=True, help="Keep local paths and bucket names out of config.json.")
+def train_export_cmd(run_dir, out, tag, overwrite, no_provenance) -> None:
     """Export a training checkpoint to model.safetensors + config.json (what `sample` loads).
 
     \b
     Example:
       maskgit-pipeline train-export runs/debug --out ckpt/transformer
     """
+    from maskgit_core.outputs import check_output_dir
     from pipeline.train.export import export_run
 
-    click.echo(str(export_run(run_dir, out, tag=tag)))
+    check_output_dir(out, overwrite=overwrite)
+    click.echo(str(export_run(run_dir, out, tag=tag, provenance=not no_provenance)))
 
 
 def register(cli: click.Group) -> None:

@@ -25,6 +25,7 @@ Decoded units are cached (LRU, bounded by about two shuffle windows).
 """
 from __future__ import annotations
 
+import errno
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from pipeline.data.shards import (FORMATS, Manifest, ShardError, ShardInfo, chec
 from maskgit_core.checks import check_labels
 from maskgit_core.errors import ConfigError
 
-__all__ = ["StreamConfig", "TokenStream", "epoch_blocks", "stream_positions", "aug_index", "rank_positions",
+__all__ = ["StreamConfig", "TokenStream", "ShardAccessError", "epoch_blocks", "stream_positions", "aug_index", "rank_positions",
            "StreamPlan"]
 
 log = logging.getLogger(__name__)
@@ -172,13 +173,38 @@ class StreamConfig:
     """Pick a random stored augmentation per sample per epoch (False: always the first)."""
     skip_bad_shards: bool = False
     """Skip missing/corrupt shards and count them, instead of failing."""
+    max_open_files: int = 32
+    """Parquet shards kept open at once (least recently used closed first); bounds file descriptors."""
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ConfigError(f"unknown shard format {self.format!r}; choose one of {list(FORMATS)}")
-        for name in ("batch_size", "block_size", "shuffle_buffer"):
+        for name in ("batch_size", "block_size", "shuffle_buffer", "max_open_files"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"stream {name} must be positive, got {getattr(self, name)}")
+
+
+class ShardAccessError(ShardError):
+    """The storage refused to open a shard (too many open files, permissions, the network): the
+    shard's bytes were never read, so it is not skipped and deleting it would not help."""
+
+
+# errnos that say nothing about a shard's bytes: the process, the permissions or the network
+_STORAGE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.EACCES, errno.EPERM, errno.ENOMEM, errno.ETIMEDOUT,
+                   errno.ECONNRESET, errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EAGAIN}
+
+
+def _storage_error(full: str, e: OSError) -> ShardAccessError:
+    code = errno.errorcode.get(e.errno) or type(e).__name__
+    if e.errno in (errno.EMFILE, errno.ENFILE):
+        fix = ("the process ran out of file descriptors: raise the limit (`ulimit -n`) or lower the stream's "
+               "max_open_files")
+    elif e.errno in (errno.EACCES, errno.EPERM):
+        fix = "the shard is not readable by this user: fix its permissions or the storage credentials"
+    else:
+        fix = "check the storage or the network, then rerun (training resumes from its last checkpoint)"
+    return ShardAccessError(f"{full}: cannot open the shard: {code} ({e.strerror or e}); the shard's bytes were "
+                            f"not read, so the data is not at fault: {fix}")
 
 
 class TokenStream(IterableDataset):
@@ -215,7 +241,7 @@ class TokenStream(IterableDataset):
         self.plan.first_id = np.concatenate([[0], np.cumsum(full)[:-1]])  # ids stay stable when shards are skipped
         self.epoch_size = self.plan.total
         self._cache: OrderedDict[tuple[int, int], tuple[int, np.ndarray, np.ndarray]] = OrderedDict()
-        self._files: dict[int, pq.ParquetFile] = {}
+        self._files: OrderedDict[int, tuple[pq.ParquetFile, Any]] = OrderedDict()  # LRU: (file, fsspec handle)
 
     # -- checks
     def _check_files(self) -> dict[int, str]:
@@ -255,21 +281,42 @@ class TokenStream(IterableDataset):
         return shard, row // self._row_group(shard)
 
     def _parquet(self, shard: int) -> pq.ParquetFile:
-        if shard not in self._files:
-            fs, root = url_to_fs(self.cfg.data, **self.storage_options)
-            full = join(root, self.shards[shard].path)
-            try:
-                self._files[shard] = pq.ParquetFile(fs.open(full, "rb"))
-            except FileNotFoundError as e:
-                raise missing_shard_error(full, skippable=True) from e
-            except Exception as e:
-                raise ShardError(f"{full}: cannot open Parquet shard ({type(e).__name__}: {e}); delete it and "
-                                 "re-run tokenize --resume, or pass skip_bad_shards=true") from e
-            md = self._files[shard].metadata
-            sizes = {md.row_group(g).num_rows for g in range(md.num_row_groups - 1)}
-            if len(sizes) > 1:
-                raise ShardError(f"{full}: row groups of unequal size {sorted(sizes)}; rewrite it with shards.py")
-        return self._files[shard]
+        """The open ParquetFile of ``shard``; at most ``max_open_files`` stay open (LRU)."""
+        if shard in self._files:
+            self._files.move_to_end(shard)
+            return self._files[shard][0]
+        while len(self._files) >= self.cfg.max_open_files:
+            _, (_, handle) = self._files.popitem(last=False)
+            handle.close()
+        fs, root = url_to_fs(self.cfg.data, **self.storage_options)
+        full = join(root, self.shards[shard].path)
+        try:
+            handle = fs.open(full, "rb")
+        except FileNotFoundError as e:
+            raise missing_shard_error(full, skippable=True) from e
+        except OSError as e:  # opening reads no bytes: the process, permissions or the storage
+            raise _storage_error(full, e) from e
+        try:
+            pf = pq.ParquetFile(handle)
+        except Exception as e:
+            handle.close()
+            if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+                raise _storage_error(full, e) from e
+            raise ShardError(f"{full}: cannot open Parquet shard ({type(e).__name__}: {e}); delete it and "
+                             "re-run tokenize --resume, or pass skip_bad_shards=true") from e
+        md = pf.metadata
+        sizes = {md.row_group(g).num_rows for g in range(md.num_row_groups - 1)}
+        if len(sizes) > 1:
+            handle.close()
+            raise ShardError(f"{full}: row groups of unequal size {sorted(sizes)}; rewrite it with shards.py")
+        self._files[shard] = (pf, handle)
+        return pf
+
+    def close(self) -> None:
+        """Close every shard file this stream holds open (it reopens them when read again)."""
+        while self._files:
+            _, (_, handle) = self._files.popitem(last=False)
+            handle.close()
 
     def _row_group(self, shard: int) -> int:
         md = self._parquet(shard).metadata
@@ -286,6 +333,11 @@ class TokenStream(IterableDataset):
             t = pf.read_row_group(unit, columns=["label", "tokens"])
             tokens = parquet_tokens(t, self.info)
             labels = t.column("label").to_numpy().astype(np.int64)
+        except OSError as e:
+            if e.errno not in _STORAGE_ERRNOS:
+                raise ShardError(f"{join(self.cfg.data, s.path)}: cannot read row group {unit} ({type(e).__name__}: "
+                                 f"{e}); delete it and re-run tokenize --resume, or pass skip_bad_shards=true") from e
+            raise _storage_error(join(self.cfg.data, s.path), e) from e
         except Exception as e:
             raise ShardError(f"{join(self.cfg.data, s.path)}: cannot decode row group {unit} ({type(e).__name__}: "
                              f"{e}); delete it and re-run tokenize --resume, or pass skip_bad_shards=true") from e
@@ -343,7 +395,7 @@ class TokenStream(IterableDataset):
             try:
                 first, lab, tok = self._unit((s, u))
             except ShardError as e:
-                if not self.cfg.skip_bad_shards:
+                if not self.cfg.skip_bad_shards or isinstance(e, ShardAccessError):
                     raise
                 log.warning("skipping %d samples of a bad shard: %s", len(sel), e)
                 keep[sel] = False

@@ -78,6 +78,8 @@ class TrainConfig:
     """Tokenizer checkpoint to decode samples into images; None logs the token-id maps as images."""
     stop_after: int | None = None
     """Stop (without final export) after this many steps of this run; for tests/preemption drills."""
+    export_provenance: bool = True
+    """Record the token dataset's location (``data``) in exported config.json; false keeps paths out."""
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:

@@ -15,12 +15,16 @@ from pipeline.train.config import TrainConfig, load_train_config
 __all__ = ["export_checkpoint", "export_run", "save_export"]
 
 
-def save_export(cfg: TrainConfig, state: dict[str, torch.Tensor], tag: str, out: str | os.PathLike) -> Path:
+def save_export(cfg: TrainConfig, state: dict[str, torch.Tensor], tag: str, out: str | os.PathLike, *,
+                provenance: bool | None = None) -> Path:
     """Build the run's model, load ``state`` and write it with its provenance (objective, steps,
-    data, null label). The one place an export is written."""
+    null label, and the data location unless ``provenance`` is false; default
+    ``cfg.export_provenance``). The one place an export is written."""
     model = transformer.build(cfg.model_config())
     model.load_state_dict(state)
-    extra = {"objective": cfg.objective, "trained_steps": int(tag.removeprefix("step")), "data": cfg.data}
+    extra = {"objective": cfg.objective, "trained_steps": int(tag.removeprefix("step"))}
+    if cfg.export_provenance if provenance is None else provenance:
+        extra["data"] = cfg.data
     null_label = cfg.objective_config().resolved_null_label(model.config)
     if null_label is not None:
         extra["null_label"] = null_label
@@ -48,12 +52,14 @@ def export_checkpoint(cfg: TrainConfig, ckpt_root: str, tag: str, out: str | os.
     return save_export(cfg, state, tag, out)
 
 
-def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, tag: str | None = None) -> Path:
+def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, tag: str | None = None,
+               provenance: bool = True) -> Path:
     """Export a run's checkpoint (newest complete one by default) to safetensors + config.json.
 
     Every file of the tag must pass a weights-only load first (a crafted run directory cannot run
     code); ZeRO-0 weights are read that way, ZeRO >= 1 through DeepSpeed's
-    ``get_fp32_state_dict_from_zero_checkpoint``. EMA weights win when present.
+    ``get_fp32_state_dict_from_zero_checkpoint``. EMA weights win when present. ``provenance=False``
+    keeps the run's paths out of the exported config.json.
     """
     run = Path(run_dir)
     cfg_path = run / "train_config.json"
@@ -75,4 +81,4 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, tag: str |
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
-    return save_export(cfg, state, tag, out)
+    return save_export(cfg, state, tag, out, provenance=provenance)
