@@ -24,7 +24,9 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
+import threading
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -51,6 +53,7 @@ RAY_RETRIES = 3
 """Retries of a Ray task or actor that died (e.g. killed for memory) before the job fails."""
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+_END = object()  # the end of the Ray Data pipeline, in the driver's queue
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -359,28 +362,79 @@ def _unit_dataset(cfg: TokenizeConfig, plan: _Plan, model):
 def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
                  ) -> tuple[list[tuple[float, int]], list[tuple[int, float]]]:
     """Write each encoded unit as it arrives (writer threads); record it and report progress as
-    each write finishes. Returns (arrival time, images) and (images, encoder seconds) per unit."""
+    each write finishes. The first failed write stops the job: no further unit is taken from the
+    pipeline or started, queued writes are dropped, and its ``StorageError`` is raised once the
+    writes already running have ended (each leaves its files whole or absent).
+    Returns (arrival time, images) and (images, encoder seconds) per unit."""
     arrivals: list[tuple[float, int]] = []  # (time a unit came out of the encoder, its images)
     encode_s: list[tuple[int, float]] = []  # (images, seconds inside the encoder actor) per unit
+    failed: list[BaseException] = []  # set by the writer thread that failed first
+
+    def on_done(f) -> None:
+        if not f.cancelled() and f.exception() is not None:
+            failed.append(f.exception())
 
     def finish(futures: set, *, block: bool) -> set:
         done, rest = wait(futures, timeout=None if block else 0, return_when=ALL_COMPLETED if block else
                           FIRST_COMPLETED)
-        for f in sorted(done, key=lambda f: f.result()["unit"]):
+        for f in sorted((f for f in done if not f.cancelled() and f.exception() is None),
+                        key=lambda f: f.result()["unit"]):
             rec = f.result()
             plan.records[rec["unit"]] = rec
             log.info("unit %d: %d samples, %d errors", rec["unit"], rec["samples"], len(rec["errors"]))
             tracker.unit_written(rec)
         return rest
 
+    # the pipeline is read in a thread, so that the first failed write stops the job at once instead
+    # of when the next unit comes out of the encoders
+    arrived: queue.Queue = queue.Queue(maxsize=cfg.write_threads)
+    stop = threading.Event()
+
+    def read_pipeline() -> None:
+        try:
+            for row in ds.iter_rows():
+                while not stop.is_set():
+                    try:
+                        arrived.put(row, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            arrived.put(_END)
+        except BaseException as e:  # a Ray error: raised in the driver thread below
+            arrived.put(e)
+
+    reader = threading.Thread(target=read_pipeline, name="tokenize-pipeline", daemon=True)
+    reader.start()
     with ThreadPoolExecutor(max_workers=cfg.write_threads) as pool:
         futures: set = set()
-        for row in ds.iter_rows():
-            arrivals.append((time.time(), int(row["n"]) + len(json.loads(row["errors"]))))
-            encode_s.append((int(row["n"]), float(row["encode_s"])))
-            futures.add(pool.submit(_write_unit, cfg.out, plan.fs, plan.root, row, plan.info, cfg.formats))
-            futures = finish(futures, block=False)
-        finish(futures, block=True)
+        try:
+            while not failed:
+                try:
+                    row = arrived.get(timeout=0.2)
+                except queue.Empty:
+                    futures = finish(futures, block=False)
+                    continue
+                if row is _END:
+                    break
+                if isinstance(row, BaseException):
+                    raise row
+                arrivals.append((time.time(), int(row["n"]) + len(json.loads(row["errors"]))))
+                encode_s.append((int(row["n"]), float(row["encode_s"])))
+                f = pool.submit(_write_unit, cfg.out, plan.fs, plan.root, row, plan.info, cfg.formats)
+                f.add_done_callback(on_done)
+                futures.add(f)
+                futures = finish(futures, block=False)
+        finally:
+            stop.set()
+            if failed:
+                for f in futures:
+                    f.cancel()
+            finish(futures, block=True)
+    if failed:
+        log.error("stopped at the first failed write: %s", failed[0])
+        raise failed[0]
     return arrivals, encode_s
 
 
