@@ -6,7 +6,7 @@ All derive from ``ValueError`` as well, so code that caught ``ValueError`` befor
 from __future__ import annotations
 
 __all__ = ["MaskGITError", "ConfigError", "CheckpointError", "ShardError", "DecodeError", "TrainingError",
-           "StorageError"]
+           "StorageError", "PipelineError"]
 
 
 class MaskGITError(ValueError):
@@ -37,3 +37,8 @@ class TrainingError(MaskGITError):
 class StorageError(MaskGITError):
     """A write or read that the storage refused: names the URL and the reason (``No space left on
     device``, ``Access Denied``, a missing bucket) after any bounded retries of transient faults."""
+
+
+class PipelineError(MaskGITError):
+    """A distributed job that stopped (a node or worker lost, its bounded retries spent): says the
+    reason, what was kept, and that rerunning the same command continues."""

@@ -41,7 +41,7 @@ from pipeline.data.tokenize_progress import JOB_DIR, STATUS_FILE, ProgressTracke
 from pipeline.data.tokenize_stages import EncodeUnits, decode_unit, encoder_payload
 from pipeline.ray_session import ray_session
 from pipeline.data.sources import LABEL_MAPS, LAYOUTS, Listing, SourceItem, list_source
-from maskgit_core.errors import ConfigError
+from maskgit_core.errors import ConfigError, PipelineError
 
 __all__ = ["TokenizeConfig", "TokenizeResult", "TokenizeProgress", "ResourcePlan", "plan_resources", "plan_units",
            "run_tokenize", "JOB_DIR", "ERRORS_FILE", "STATUS_FILE", "listing_fingerprint"]
@@ -405,6 +405,7 @@ def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
         except BaseException as e:  # a Ray error: raised in the driver thread below
             arrived.put(e)
 
+    broken: BaseException | None = None  # the pipeline's own error, raised after the writes have ended
     reader = threading.Thread(target=read_pipeline, name="tokenize-pipeline", daemon=True)
     reader.start()
     with ThreadPoolExecutor(max_workers=cfg.write_threads) as pool:
@@ -419,7 +420,8 @@ def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
                 if row is _END:
                     break
                 if isinstance(row, BaseException):
-                    raise row
+                    broken = row
+                    break
                 arrivals.append((time.time(), int(row["n"]) + len(json.loads(row["errors"]))))
                 encode_s.append((int(row["n"]), float(row["encode_s"])))
                 f = pool.submit(_write_unit, cfg.out, plan.fs, plan.root, row, plan.info, cfg.formats)
@@ -435,7 +437,22 @@ def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
     if failed:
         log.error("stopped at the first failed write: %s", failed[0])
         raise failed[0]
+    if broken is not None:
+        raise _pipeline_error(broken, cfg, plan) from broken
     return arrivals, encode_s
+
+
+def _pipeline_error(e: BaseException, cfg: TokenizeConfig, plan: _Plan) -> BaseException:
+    """A Ray failure (a lost node, a worker dead more than RAY_RETRIES times) as one line that says
+    what was kept; anything else unchanged."""
+    from ray.exceptions import RayError
+
+    if not isinstance(e, RayError):
+        return e
+    reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    return PipelineError(f"the Ray pipeline of {cfg.out} stopped ({type(e).__name__}: {reason}); the "
+                         f"{len(plan.records)} of {len(plan.units)} units written so far are kept: rerun the "
+                         "same command to finish the rest")
 
 
 def _write_manifest(cfg: TokenizeConfig, plan: _Plan) -> Manifest:
