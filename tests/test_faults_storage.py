@@ -120,6 +120,19 @@ def test_s3_permanent_faults_fail_fast_with_the_url_and_reason(data, s3, monkeyp
     with pytest.raises(StorageError, match=r"cannot write s3://no-such-bucket/tokens/_tokenize/job.json: "
                                            r".*(bucket does not exist|NoSuchBucket)"):
         run_tokenize(_cfg(data, "s3://no-such-bucket/tokens"))
+    # a store that never stops saying SlowDown: the retries end (2 botocore attempts x 5 s3fs calls)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    with FaultProxy(s3, every=10**9, permanent=lambda method, path: (503, "SlowDown") if method == "PUT"
+                    else None) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        t0 = time.time()
+        with pytest.raises(StorageError, match=r"cannot write s3://locked/tokens/_tokenize/job.json: .*"
+                                               r"after at most 2 attempts per request"):
+            run_tokenize(_cfg(data, "s3://locked/tokens"))
+        took = time.time() - t0
+    puts = [e for e in proxy.log if e[1] == "PUT"]
+    assert len(puts) == 2 * 5 and took < 60, (len(puts), took)
+    print(f"\npermanent SlowDown: gave up after {len(puts)} PUTs in {took:.1f} s")
 
 
 def _mount_tmpfs(path: Path, size: str) -> None:

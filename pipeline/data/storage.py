@@ -58,8 +58,8 @@ def url_to_fs(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSyst
     if s3 and "client_kwargs" not in storage_options and os.environ.get("AWS_ENDPOINT_URL"):
         storage_options["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
     if s3:
-        storage_options.setdefault("config_kwargs", {"retries": {"max_attempts": s3_max_attempts(),
-                                                                 "mode": "standard"}})
+        retries = {"total_max_attempts": s3_max_attempts(), "mode": "standard"}  # first try included
+        storage_options.setdefault("config_kwargs", {"retries": retries})
     fs, path = fsspec.core.url_to_fs(url, **storage_options)
     if s3:
         fs.connect()  # the client exists from here on (a no-op when this cached instance has one)
