@@ -390,20 +390,24 @@ def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
     arrived: queue.Queue = queue.Queue(maxsize=cfg.write_threads)
     stop = threading.Event()
 
+    def offer(item) -> bool:
+        """Queue ``item`` for the driver thread; False once the driver has stopped."""
+        while not stop.is_set():
+            try:
+                arrived.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def read_pipeline() -> None:
         try:
             for row in ds.iter_rows():
-                while not stop.is_set():
-                    try:
-                        arrived.put(row, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            arrived.put(_END)
+                if not offer(row):
+                    return  # leaving the loop closes the iterator, which stops the Ray Data pipeline
+            offer(_END)
         except BaseException as e:  # a Ray error: raised in the driver thread below
-            arrived.put(e)
+            offer(e)
 
     broken: BaseException | None = None  # the pipeline's own error, raised after the writes have ended
     reader = threading.Thread(target=read_pipeline, name="tokenize-pipeline", daemon=True)
