@@ -5,7 +5,8 @@ All derive from ``ValueError`` as well, so code that caught ``ValueError`` befor
 """
 from __future__ import annotations
 
-__all__ = ["MaskGITError", "ConfigError", "CheckpointError", "ShardError", "DecodeError", "TrainingError"]
+__all__ = ["MaskGITError", "ConfigError", "CheckpointError", "ShardError", "DecodeError", "TrainingError",
+           "StorageError", "PipelineError"]
 
 
 class MaskGITError(ValueError):
@@ -31,3 +32,13 @@ class DecodeError(MaskGITError):
 
 class TrainingError(MaskGITError):
     """A training run that failed: carries the job's own error lines and where its full log is."""
+
+
+class StorageError(MaskGITError):
+    """A write or read that the storage refused: names the URL and the reason (``No space left on
+    device``, ``Access Denied``, a missing bucket) after any bounded retries of transient faults."""
+
+
+class PipelineError(MaskGITError):
+    """A distributed job that stopped (a node or worker lost, its bounded retries spent): says the
+    reason, what was kept, and that rerunning the same command continues."""

@@ -3,12 +3,10 @@ rerun/resume, SIGKILL of the driver and of a worker, s3:// in and out via moto_s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -28,37 +26,12 @@ from pipeline.data.tokenize_job import (JOB_DIR, STATUS_FILE, TokenizeConfig, pl
 from pipeline.data.verify import read_error_report, verify_dataset
 from pipeline.train.launcher import free_port
 from tokenize_data import BAD_KINDS, CONVERTIBLE, add_bad_file, make_imagenet_tree
+from tokenize_fixtures import check_equal_to_reference, digests as _digests, s3  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CLASSES = ("n01440764", "n01443537", "n01484850", "n01491361")
 UNIT, BATCH = 3, 4
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A real S3 API on loopback (moto_server), with dummy credentials in the environment."""
-    port = free_port()
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY":
-                     "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            mp.setenv(k, v)
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    proc.kill()
-                    pytest.fail("moto_server did not start")
-                time.sleep(0.1)
-        yield endpoint
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +70,6 @@ def ref(data, ray_address, tmp_path_factory):
     events = []
     res = run_tokenize(_cfg(data, out), progress=events.append)
     return {"out": str(out), "result": res, "events": events}
-
-
-def _digests(out: str) -> dict[str, str]:
-    """sha256 of every shard file and unit record (the run's durable output)."""
-    root = Path(out)
-    files = [*root.glob("parquet/*"), *root.glob("wds/*"), *root.glob(f"{JOB_DIR}/units/*")]
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
 
 
 @pytest.mark.integration
@@ -204,10 +170,7 @@ def _wait_for(pred, proc, timeout=120.0) -> None:
 
 
 def _check_equal_to_reference(data, ref, out) -> None:
-    rep = verify_dataset(str(out), source=data["src"])
-    assert rep.ok, rep.problems
-    assert _digests(str(out)) == _digests(ref["out"])
-    assert read_error_report(str(out), "errors.jsonl") == read_error_report(ref["out"], "errors.jsonl")
+    check_equal_to_reference(data["src"], ref["out"], out)
 
 
 @pytest.mark.integration

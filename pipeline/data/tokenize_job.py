@@ -24,7 +24,9 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
+import threading
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ from pipeline.data.tokenize_progress import JOB_DIR, STATUS_FILE, ProgressTracke
 from pipeline.data.tokenize_stages import EncodeUnits, decode_unit, encoder_payload
 from pipeline.ray_session import ray_session
 from pipeline.data.sources import LABEL_MAPS, LAYOUTS, Listing, SourceItem, list_source
-from maskgit_core.errors import ConfigError
+from maskgit_core.errors import ConfigError, PipelineError
 
 __all__ = ["TokenizeConfig", "TokenizeResult", "TokenizeProgress", "ResourcePlan", "plan_resources", "plan_units",
            "run_tokenize", "JOB_DIR", "ERRORS_FILE", "STATUS_FILE", "listing_fingerprint"]
@@ -51,6 +53,7 @@ RAY_RETRIES = 3
 """Retries of a Ray task or actor that died (e.g. killed for memory) before the job fails."""
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+_END = object()  # the end of the Ray Data pipeline, in the driver's queue
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -359,29 +362,101 @@ def _unit_dataset(cfg: TokenizeConfig, plan: _Plan, model):
 def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
                  ) -> tuple[list[tuple[float, int]], list[tuple[int, float]]]:
     """Write each encoded unit as it arrives (writer threads); record it and report progress as
-    each write finishes. Returns (arrival time, images) and (images, encoder seconds) per unit."""
+    each write finishes. The first failed write stops the job: no further unit is taken from the
+    pipeline or started, queued writes are dropped, and its ``StorageError`` is raised once the
+    writes already running have ended (each leaves its files whole or absent).
+    Returns (arrival time, images) and (images, encoder seconds) per unit."""
     arrivals: list[tuple[float, int]] = []  # (time a unit came out of the encoder, its images)
     encode_s: list[tuple[int, float]] = []  # (images, seconds inside the encoder actor) per unit
+    failed: list[BaseException] = []  # set by the writer thread that failed first
+
+    def on_done(f) -> None:
+        if not f.cancelled() and f.exception() is not None:
+            failed.append(f.exception())
 
     def finish(futures: set, *, block: bool) -> set:
         done, rest = wait(futures, timeout=None if block else 0, return_when=ALL_COMPLETED if block else
                           FIRST_COMPLETED)
-        for f in sorted(done, key=lambda f: f.result()["unit"]):
+        for f in sorted((f for f in done if not f.cancelled() and f.exception() is None),
+                        key=lambda f: f.result()["unit"]):
             rec = f.result()
             plan.records[rec["unit"]] = rec
             log.info("unit %d: %d samples, %d errors", rec["unit"], rec["samples"], len(rec["errors"]))
             tracker.unit_written(rec)
         return rest
 
+    # the pipeline is read in a thread, so that the first failed write stops the job at once instead
+    # of when the next unit comes out of the encoders
+    arrived: queue.Queue = queue.Queue(maxsize=cfg.write_threads)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        """Queue ``item`` for the driver thread; False once the driver has stopped."""
+        while not stop.is_set():
+            try:
+                arrived.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read_pipeline() -> None:
+        try:
+            for row in ds.iter_rows():
+                if not offer(row):
+                    return  # leaving the loop closes the iterator, which stops the Ray Data pipeline
+            offer(_END)
+        except BaseException as e:  # a Ray error: raised in the driver thread below
+            offer(e)
+
+    broken: BaseException | None = None  # the pipeline's own error, raised after the writes have ended
+    reader = threading.Thread(target=read_pipeline, name="tokenize-pipeline", daemon=True)
+    reader.start()
     with ThreadPoolExecutor(max_workers=cfg.write_threads) as pool:
         futures: set = set()
-        for row in ds.iter_rows():
-            arrivals.append((time.time(), int(row["n"]) + len(json.loads(row["errors"]))))
-            encode_s.append((int(row["n"]), float(row["encode_s"])))
-            futures.add(pool.submit(_write_unit, cfg.out, plan.fs, plan.root, row, plan.info, cfg.formats))
-            futures = finish(futures, block=False)
-        finish(futures, block=True)
+        try:
+            while not failed:
+                try:
+                    row = arrived.get(timeout=0.2)
+                except queue.Empty:
+                    futures = finish(futures, block=False)
+                    continue
+                if row is _END:
+                    break
+                if isinstance(row, BaseException):
+                    broken = row
+                    break
+                arrivals.append((time.time(), int(row["n"]) + len(json.loads(row["errors"]))))
+                encode_s.append((int(row["n"]), float(row["encode_s"])))
+                f = pool.submit(_write_unit, cfg.out, plan.fs, plan.root, row, plan.info, cfg.formats)
+                f.add_done_callback(on_done)
+                futures.add(f)
+                futures = finish(futures, block=False)
+        finally:
+            stop.set()
+            if failed:
+                for f in futures:
+                    f.cancel()
+            finish(futures, block=True)
+    if failed:
+        log.error("stopped at the first failed write: %s", failed[0])
+        raise failed[0]
+    if broken is not None:
+        raise _pipeline_error(broken, cfg, plan) from broken
     return arrivals, encode_s
+
+
+def _pipeline_error(e: BaseException, cfg: TokenizeConfig, plan: _Plan) -> BaseException:
+    """A Ray failure (a lost node, a worker dead more than RAY_RETRIES times) as one line that says
+    what was kept; anything else unchanged."""
+    from ray.exceptions import RayError
+
+    if not isinstance(e, RayError):
+        return e
+    reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    return PipelineError(f"the Ray pipeline of {cfg.out} stopped ({type(e).__name__}: {reason}); the "
+                         f"{len(plan.records)} of {len(plan.units)} units written so far are kept: rerun the "
+                         "same command to finish the rest")
 
 
 def _write_manifest(cfg: TokenizeConfig, plan: _Plan) -> Manifest:
