@@ -24,7 +24,6 @@ from pipeline.data.sources import ItemReader, list_source
 from pipeline.data.tokenize_job import (JOB_DIR, STATUS_FILE, TokenizeConfig, plan_resources, plan_units,
                                         run_tokenize)
 from pipeline.data.verify import read_error_report, verify_dataset
-from pipeline.train.launcher import free_port
 from tokenize_data import BAD_KINDS, CONVERTIBLE, add_bad_file, make_imagenet_tree
 from tokenize_fixtures import check_equal_to_reference, digests as _digests, s3  # noqa: F401 (fixture)
 
