@@ -150,8 +150,8 @@ def test_resume_refuses_other_settings_foreign_files_and_a_silent_restart(tmp_pa
     assert [t for _, t in complete_tags(out / "checkpoints")] == [tag_name(2)]
     assert not list((out / "checkpoints").glob(temp_tag(2)))
 
-    r = _launch(out, data)  # no --resume into a directory holding checkpoints
-    assert r.returncode == 2 and "already holds checkpoints (newest step00000002)" in r.stderr, r.stderr[-2000:]
+    r = _launch(out, data, resume="none")  # a fresh start into a directory holding checkpoints
+    assert r.returncode == 2 and "already holds checkpoints (newest step00000002) and --resume is none" in r.stderr, r.stderr[-2000:]
     r = _launch(out, data, "seed=1", resume="auto")
     assert r.returncode == 2 and "seed: checkpoint 0, now 1" in r.stderr, r.stderr[-2000:]
 

@@ -153,7 +153,7 @@ def _resume(cfg: TrainConfig, run: _Engine, ckpt_root: Path, resume: str | None,
     if found is None:
         newest = find_resume(ckpt_root)
         if newest is not None:
-            raise CheckpointError(f"{ckpt_root} already holds checkpoints (newest {newest}) and --resume is off: "
+            raise CheckpointError(f"{ckpt_root} already holds checkpoints (newest {newest}) and --resume is none: "
                                   "continue them with --resume auto, or train into a new --out directory")
         return state
     load_dir, tag = found
