@@ -1,4 +1,7 @@
-"""Launch training from outside: the ``deepspeed`` launcher command for N local ranks, and running it."""
+"""Launch training from outside: the ``deepspeed`` launcher command for N local ranks, and running it
+under a supervisor that restarts a run whose rank died (``max_restarts``) from its newest complete
+checkpoint. A job that refused its input (exit code 2: the job's one-line ``error: ...``, or a bad
+flag) is never restarted: the same input would fail the same way."""
 from __future__ import annotations
 
 import json
@@ -14,10 +17,13 @@ import torch
 from maskgit_core.errors import TrainingError
 
 __all__ = ["jobs_dir", "deepspeed_command", "run_training", "stream_command", "error_lines", "free_port",
-           "LOG_FILE"]
+           "LOG_FILE", "INPUT_ERROR_EXIT"]
 
 LOG_FILE = "train.log"
 """The launcher's output, appended under the run directory by ``run_training``."""
+
+INPUT_ERROR_EXIT = 2
+"""Exit code of a job that refused its input (jobs/train_mvtm.py's ``error: ...``, argparse): not retried."""
 
 log = logging.getLogger(__name__)
 
@@ -58,26 +64,48 @@ def deepspeed_command(*, data: str, out: str, nproc: int = 2, ds_config: str | N
     return cmd + list(overrides or [])
 
 
-def run_training(*, on_line: Callable[[str], None] | None = None, **kwargs: Any) -> dict[str, Any]:
+def run_training(*, on_line: Callable[[str], None] | None = None, max_restarts: int = 0,
+                 **kwargs: Any) -> dict[str, Any]:
     """Run ``deepspeed_command(**kwargs)`` to completion (OMP_NUM_THREADS=1 per rank on CPU) and
     return the summary the job prints.
 
     The launcher's output (stdout and stderr of every rank) is streamed line by line to
-    ``on_line`` (default: this module's logger) and appended to ``<out>/train.log``. On failure
-    raises ``TrainingError`` with the child's own error lines (``error_lines``) and the log's path."""
-    cmd = deepspeed_command(**kwargs)
+    ``on_line`` (default: this module's logger) and appended to ``<out>/train.log``.
+
+    Supervisor: when the launcher exits non-zero for another reason than an input error (exit code
+    ``INPUT_ERROR_EXIT``), e.g. a rank was killed or crashed, the run is started again with
+    ``--resume auto`` (the newest complete checkpoint in ``out``), at most ``max_restarts`` times;
+    each restart is announced, with the exit code and the last error lines, to ``on_line`` and
+    train.log. On a failure that is not restarted raises ``TrainingError`` with the child's own error
+    lines (``error_lines``) and the log's path."""
+    if max_restarts < 0:
+        raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
+    on_line = on_line or log.info
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")  # ranks write as they go, not when their buffer fills
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(jobs_dir().parent), env.get("PYTHONPATH")]))
     log_path = Path(kwargs["out"]) / LOG_FILE
-    log.info("running %s (output in %s)", " ".join(cmd), log_path)
-    rc, summaries, tail = stream_command(cmd, env=env, log_path=log_path, on_line=on_line or log.info)
-    if rc != 0:
-        errors = error_lines(tail)
-        raise TrainingError(f"training failed (exit {rc}): {' | '.join(errors) or 'no output'}; "
-                            f"full output in {log_path}")
+    restarts = 0
+    while True:
+        cmd = deepspeed_command(**kwargs)
+        log.info("running %s (output in %s)", " ".join(cmd), log_path)
+        rc, summaries, tail = stream_command(cmd, env=env, log_path=log_path, on_line=on_line)
+        if rc == 0:
+            break
+        reason = f"exit {rc}: {' | '.join(error_lines(tail)) or 'no output'}"
+        if rc == INPUT_ERROR_EXIT or restarts >= max_restarts:
+            why = "" if rc == INPUT_ERROR_EXIT or not max_restarts else f" after {restarts} restarts"
+            raise TrainingError(f"training failed{why} ({reason}); full output in {log_path}")
+        restarts += 1
+        note = (f"restart {restarts}/{max_restarts} from the newest complete checkpoint (--resume auto) "
+                f"after {reason}")
+        log.warning("%s", note)
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(f"# {note}\n")
+        on_line(note)
+        kwargs = {**kwargs, "resume": "auto"}
     for line in reversed(summaries):
         try:
             return json.loads(line)
