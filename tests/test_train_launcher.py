@@ -92,7 +92,8 @@ def test_supervisor_restarts_a_crashed_run_with_resume_auto(tmp_path, monkeypatc
     count = tmp_path / "launches"
     script = (f"import json, os, pathlib, signal; p = pathlib.Path({str(count)!r}); "
               "n = int(p.read_text()) if p.exists() else 0; p.write_text(str(n + 1)); print('step', n, flush=True)\n"
-              "if n < 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "if n < 2: print('[launch.py:330:sigkill_handler] [...] exits with return code = -9', flush=True); "
+              "os.kill(os.getpid(), signal.SIGKILL)\n"
               "print(json.dumps({'step': 40}))")
     calls = _fake_launcher(monkeypatch, script)
     seen: list[str] = []
@@ -101,12 +102,12 @@ def test_supervisor_restarts_a_crashed_run_with_resume_auto(tmp_path, monkeypatc
     assert [c["resume"] for c in calls] == [None, "auto", "auto"]  # the first launch as asked, restarts resume
     notes = [ln for ln in seen if ln.startswith("restart ")]
     assert len(notes) == 2 and notes[0].startswith("restart 1/2 from the newest complete checkpoint")
-    assert "exit -9" in notes[0]
+    assert "after exit -9 (a rank ended by SIGKILL): " in notes[0]
     log_text = (out / LOG_FILE).read_text()
     assert log_text.count("# restart ") == 2 and "# restart 2/2" in log_text
     # one restart fewer than needed: the third failure is raised with the count
     count.unlink()
-    with pytest.raises(TrainingError, match=r"training failed after 1 restarts \(exit -9: .*train\.log"):
+    with pytest.raises(TrainingError, match=r"training failed after 1 restarts \(exit -9 \(a rank ended by SIGKILL\): .*train\.log"):
         run_training(data="d", out=str(tmp_path / "run2"), max_restarts=1, on_line=seen.append)
 
 

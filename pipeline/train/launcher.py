@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import signal
 import time
 from collections import deque
 from pathlib import Path
@@ -94,7 +95,7 @@ def run_training(*, on_line: Callable[[str], None] | None = None, max_restarts: 
         rc, summaries, tail = stream_command(cmd, env=env, log_path=log_path, on_line=on_line)
         if rc == 0:
             break
-        reason = f"exit {rc}: {' | '.join(error_lines(tail)) or 'no output'}"
+        reason = f"exit {rc}{_rank_exit(tail)}: {' | '.join(error_lines(tail)) or 'no output'}"
         if rc == INPUT_ERROR_EXIT or restarts >= max_restarts:
             why = "" if rc == INPUT_ERROR_EXIT or not max_restarts else f" after {restarts} restarts"
             raise TrainingError(f"training failed{why} ({reason}); full output in {log_path}")
@@ -157,6 +158,23 @@ def stream_command(cmd: list[str], *, env: dict[str, str], log_path: Path, on_li
             for t in readers:
                 t.join()
     return rc, list(summaries), list(tail)
+
+
+_RANK_EXIT = re.compile(r"exits with return code = (-?\d+)")
+
+
+def _rank_exit(lines: list[str]) -> str:
+    """`` (a rank ended by SIGKILL)`` from the launcher's report of the first rank that failed; '' if none."""
+    codes = [int(m.group(1)) for ln in lines for m in [_RANK_EXIT.search(ln)] if m]
+    if not codes:
+        return ""
+    code = codes[0]
+    if code < 0:
+        try:
+            return f" (a rank ended by {signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return f" (a rank exited with {code})"
 
 
 _RANK_PREFIX = re.compile(r"^\[?rank\s?\d+\]?:\s?")
