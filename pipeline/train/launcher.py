@@ -81,7 +81,7 @@ def run_training(*, on_line: Callable[[str], None] | None = None, max_restarts: 
     lines (``error_lines``) and the log's path."""
     if max_restarts < 0:
         raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
-    on_line = on_line or log.info
+    show = on_line or log.info
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -92,7 +92,7 @@ def run_training(*, on_line: Callable[[str], None] | None = None, max_restarts: 
     while True:
         cmd = deepspeed_command(**kwargs)
         log.info("running %s (output in %s)", " ".join(cmd), log_path)
-        rc, summaries, tail = stream_command(cmd, env=env, log_path=log_path, on_line=on_line)
+        rc, summaries, tail = stream_command(cmd, env=env, log_path=log_path, on_line=show)
         if rc == 0:
             break
         reason = f"exit {rc}{_rank_exit(tail)}: {' | '.join(error_lines(tail)) or 'no output'}"
@@ -105,7 +105,8 @@ def run_training(*, on_line: Callable[[str], None] | None = None, max_restarts: 
         log.warning("%s", note)
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(f"# {note}\n")
-        on_line(note)
+        if on_line is not None:  # the terminal (the default, the logger, has it already)
+            on_line(note)
         kwargs = {**kwargs, "resume": "auto"}
     for line in reversed(summaries):
         try:
