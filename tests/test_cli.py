@@ -149,6 +149,8 @@ def test_data_and_train_commands_reject_bad_values(ckpts, no_model, tmp_path):
         (["train", d / "tokens", "--out", tmp_path / "run", "stepz=3"], r"unknown training config keys \['stepz'\]"),
         (["train", d / "tokens", "--out", tmp_path / "run", "data=/x"], r"data= is set with DATASET"),
         (["train", d / "tokens", "--out", tmp_path / "run", "--master-port", "0"], r"'--master-port': 0 is not in"),
+        (["train", d / "tokens", "--out", tmp_path / "run", "--max-restarts", "-1"],
+         r"'--max-restarts': -1 is not in the range x>=0"),
         (["train", d / "tokens", "--out", tmp_path / "run", "--config", tmp_path / "my_train.json"],
          r"'--config': File '.*my_train\.json' does not exist"),
         (["train-tokenizer", d / "empty", "--out", tmp_path / "tk", "--steps", "0"], r"'--steps': 0 is not in the"),

@@ -1,4 +1,5 @@
-"""The real `deepspeed` launcher on 2 CPU ranks (gloo): training, kill -9 + resume, 1-rank resume.
+"""The real `deepspeed` launcher on 2 CPU ranks (gloo): training, kill -9 + resume, 1-rank resume,
+2 nodes x 1 rank on this machine with one node killed, and the `train --max-restarts` supervisor.
 
 Launcher runs are combined to fit the budget: one uninterrupted 2-rank run is the reference
 for the kill/resume trajectory check and the source checkpoint of the 1-rank resume.
@@ -142,6 +143,125 @@ def test_kill9_then_resume_matches_uninterrupted(reference, data, tmp_path):
         assert abs(got[s]["loss"] - ref[s]["loss"]) <= 1e-6, (s, got[s]["loss"], ref[s]["loss"])
         assert got[s]["sample_id_sum"] == ref[s]["sample_id_sum"]
     shutil.rmtree(partial)
+
+
+def _wait_for_checkpoint_then(proc_alive, out: Path, *, rows: int = 25, timeout: float = 240) -> None:
+    """Poll until ``out`` holds a complete checkpoint and ``rows`` metrics rows (bounded)."""
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= rows and find_resume(out / "checkpoints"):
+            return
+        if not proc_alive():
+            pytest.fail("training ended before it could be killed")
+        time.sleep(0.01)
+    pytest.fail(f"no checkpoint and {rows} metrics rows in {out} after {timeout} s")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def _launch_nodes(out: Path, data: Path, hostfile: Path, logs: Path, *, resume: str | None = None):
+    """Two `deepspeed` launchers on this machine, one per hostfile entry (--no_ssh --node_rank r)."""
+    port = str(free_port())
+    procs = []
+    for r in (0, 1):
+        cmd = [str(VENV_BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(r),
+               "--master_addr", "127.0.0.1", "--master_port", port, str(REPO / "jobs" / "train_mvtm.py"),
+               "--deepspeed_config", DS_CPU, "--data", str(data), "--out", str(out)]
+        cmd += (["--resume", resume] if resume else []) + COMMON
+        with open(logs / f"node{r}.log", "w") as f:
+            procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+    return procs
+
+
+@pytest.mark.integration
+def test_two_nodes_one_killed_then_resumed_matches_uninterrupted(reference, data, tmp_path):
+    """2 nodes x 1 rank (two launchers, gloo over 127.0.0.1): node 1's launcher and rank are killed
+    with SIGKILL after a checkpoint; node 0 is stopped too (bounded); both rerun with --resume auto.
+    The stream and seeds depend only on (global rank, world size), so the losses equal the 2-local-rank
+    reference bit for bit."""
+    ref_out, _ = reference
+    out = tmp_path / "nodes"
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    first = tmp_path / "first"
+    first.mkdir()
+    procs = _launch_nodes(out, data, hostfile, first)
+    try:
+        _wait_for_checkpoint_then(lambda: all(p.poll() is None for p in procs), out)
+        _kill_group(procs[1])
+        try:  # node 0 loses its peer: gloo fails its next collective, or it would hang; bounded either way
+            procs[0].wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        for p in procs:
+            _kill_group(p)
+    killed_at = max(_metrics(out))
+    assert killed_at < STEPS, "the run was not interrupted"
+    tag = find_resume(out / "checkpoints")
+    assert tag is not None and (out / "checkpoints" / tag / COMPLETE).is_file()
+    again = tmp_path / "again"
+    again.mkdir()
+    procs = _launch_nodes(out, data, hostfile, again, resume="auto")
+    try:
+        rcs = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            _kill_group(p)
+    logs = [(again / f"node{r}.log").read_text() for r in (0, 1)]
+    assert rcs == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert f"resumed {tag}" in logs[0] and "nnodes=2" in logs[1]
+    ref, got = _metrics(ref_out), _metrics(out)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for s in range(1, STEPS + 1):
+        assert got[s]["world_size"] == 2
+        assert got[s]["loss"] == ref[s]["loss"], (s, got[s]["loss"], ref[s]["loss"])
+        assert got[s]["sample_id_sum"] == ref[s]["sample_id_sum"]
+    assert _summary(logs[0])["step"] == STEPS
+
+
+@pytest.mark.integration
+def test_supervisor_restarts_after_a_rank_is_killed(reference, data, tmp_path):
+    """`maskgit-pipeline train --max-restarts 2` on 2 local ranks; rank 1's python process is killed
+    with SIGKILL after a checkpoint: one restart (logged with its reason), then the run completes with
+    the uninterrupted run's losses."""
+    import psutil
+
+    ref_out, _ = reference
+    out = tmp_path / "supervised"
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", str(data), "--out", str(out), "--nproc", "2",
+           "--ds-config", DS_CPU, "--master-port", str(free_port()), "--max-restarts", "2"] + COMMON
+    with open(tmp_path / "cli.log", "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_checkpoint_then(lambda: proc.poll() is None, out)
+        ranks = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                 if "--local_rank=1" in c.cmdline() and any(a.endswith("train_mvtm.py") for a in c.cmdline())]
+        assert len(ranks) == 1, [c.cmdline() for c in psutil.Process(proc.pid).children(recursive=True)]
+        ranks[0].send_signal(signal.SIGKILL)
+        rc = proc.wait(timeout=300)
+    finally:
+        _kill_group(proc)
+    text = (tmp_path / "cli.log").read_text()
+    assert rc == 0, text[-4000:]
+    log_text = (out / "train.log").read_text()
+    restarts = [ln for ln in log_text.splitlines() if ln.startswith("# restart ")]
+    assert len(restarts) == 1 and restarts[0].startswith("# restart 1/2 from the newest complete checkpoint"), restarts
+    assert "exit " in restarts[0] and restarts[0][2:] in text  # on the terminal too
+    ref, got = _metrics(ref_out), _metrics(out)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for s in range(1, STEPS + 1):
+        assert got[s]["loss"] == ref[s]["loss"], (s, got[s]["loss"], ref[s]["loss"])
+        assert got[s]["sample_id_sum"] == ref[s]["sample_id_sum"]
+    assert json.loads(text.strip().splitlines()[-1])["step"] == STEPS
 
 
 @pytest.mark.integration

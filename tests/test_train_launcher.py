@@ -73,3 +73,74 @@ def test_real_launch_failing_inside_the_job_surfaces_its_error(tmp_path):
     assert "KeyError: 'tokenizer'" in str(exc.value) and str(out / LOG_FILE) in str(exc.value)
     assert "KeyError: 'tokenizer'" in (out / LOG_FILE).read_text()
     assert any("KeyError: 'tokenizer'" in line for line in seen)
+
+
+def _fake_launcher(monkeypatch, script: str) -> list[dict]:
+    """``deepspeed_command`` replaced by ``python -c script``; returns the kwargs of every launch."""
+    calls: list[dict] = []
+
+    def command(**kw):
+        calls.append(kw)
+        return [sys.executable, "-c", script]
+
+    monkeypatch.setattr(launcher, "deepspeed_command", command)
+    return calls
+
+
+def test_supervisor_restarts_a_crashed_run_with_resume_auto(tmp_path, monkeypatch):
+    """A child that dies like a killed rank (SIGKILL) on its first two launches, then succeeds."""
+    count = tmp_path / "launches"
+    script = (f"import json, os, pathlib, signal; p = pathlib.Path({str(count)!r}); "
+              "n = int(p.read_text()) if p.exists() else 0; p.write_text(str(n + 1)); print('step', n, flush=True)\n"
+              "if n < 2: print('[launch.py:330:sigkill_handler] [...] exits with return code = -9', flush=True); "
+              "os.kill(os.getpid(), signal.SIGKILL)\n"
+              "print(json.dumps({'step': 40}))")
+    calls = _fake_launcher(monkeypatch, script)
+    seen: list[str] = []
+    out = tmp_path / "run"
+    assert run_training(data="d", out=str(out), resume=None, max_restarts=2, on_line=seen.append) == {"step": 40}
+    assert [c["resume"] for c in calls] == [None, "auto", "auto"]  # the first launch as asked, restarts resume
+    notes = [ln for ln in seen if ln.startswith("restart ")]
+    assert len(notes) == 2 and notes[0].startswith("restart 1/2 from the newest complete checkpoint")
+    assert "after exit -9 (a rank ended by SIGKILL): " in notes[0]
+    log_text = (out / LOG_FILE).read_text()
+    assert log_text.count("# restart ") == 2 and "# restart 2/2" in log_text
+    # one restart allowed, two failures: the second is raised with the count and the reason
+    count.unlink()
+    expected = r"training failed after 1 restarts \(exit -9 \(a rank ended by SIGKILL\): .*train\.log"
+    with pytest.raises(TrainingError, match=expected):
+        run_training(data="d", out=str(tmp_path / "run2"), max_restarts=1, on_line=seen.append)
+
+
+def test_supervisor_does_not_retry_an_input_error(tmp_path, monkeypatch):
+    """The job's one-line ``error: ...`` with exit code 2 (e.g. a bad config) fails at once."""
+    script = "import sys; print('error: [rank 0] steps must be positive, got 0', file=sys.stderr); sys.exit(2)"
+    calls = _fake_launcher(monkeypatch, script)
+    with pytest.raises(TrainingError, match=r"^training failed \(exit 2: error: \[rank 0\] steps must be positive"):
+        run_training(data="d", out=str(tmp_path / "run"), max_restarts=3, on_line=lambda line: None)
+    assert len(calls) == 1
+    assert "# restart" not in (tmp_path / "run" / LOG_FILE).read_text()
+    with pytest.raises(ValueError, match="max_restarts must be >= 0, got -1"):
+        run_training(data="d", out=str(tmp_path / "run"), max_restarts=-1)
+
+
+@pytest.mark.integration
+def test_cli_does_not_retry_a_config_error(tmp_path):
+    """`train --max-restarts 2` with a real (fast) failing launch: the entry script refuses an invalid
+    config before any model is built, exit 2, and the supervisor starts it once."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from pipeline.data.synthetic import write_synthetic_token_dataset
+
+    data = tmp_path / "data"
+    write_synthetic_token_dataset(str(data), codebook_size=64, latent_size=4, num_classes=10, shard_sizes=[32],
+                                  formats=("parquet",), row_group=32)
+    out = tmp_path / "run"
+    cfg = Path(launcher.jobs_dir()) / "train_debug.json"
+    r = CliRunner().invoke(cli, ["train", str(data), "--out", str(out), "--nproc", "1", "--config", str(cfg),
+                                 "--master-port", str(free_port()), "--max-restarts", "2", 'steps=0'])
+    assert r.exit_code == 2, r.output
+    log_text = (out / LOG_FILE).read_text()
+    assert log_text.count("\n# ") + log_text.startswith("# ") == 1, log_text  # one launch, no restart line
+    assert "steps must be positive, got 0" in log_text and "restart" not in r.output

@@ -50,13 +50,18 @@ def check_overrides(items: tuple[str, ...]) -> list[str]:
               help="auto (the newest complete checkpoint in --out, else a fresh start), none (start fresh), "
                    "or a checkpoint tag such as step00000020.")
 @click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True)
+@click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Restart a run whose rank died (killed, crashed) from its newest complete checkpoint up to N "
+                   "times; an input error (exit code 2, e.g. a bad config) is never retried.")
 @deprecated_option("-s", "--set", replaces="overrides", use="KEY=VALUE after DATASET", multiple=True)
-def train_cmd(dataset, overrides, out, nproc, objective, config, ds_config, resume, master_port) -> None:
+def train_cmd(dataset, overrides, out, nproc, objective, config, ds_config, resume, master_port,
+              max_restarts) -> None:
     """Train the MVTM transformer (or the AR baseline) on the token dataset DATASET with the
     deepspeed launcher. KEY=VALUE arguments override TrainConfig fields (JSON values).
 
-    The launcher's output is shown as it comes and appended to OUT/train.log.
-    For multi-node runs call `deepspeed --hostfile ...` directly (docs/TRAIN.md).
+    The launcher's output is shown as it comes and appended to OUT/train.log. With --max-restarts N
+    a run whose rank died is restarted with --resume auto up to N times (each restart is logged).
+    For multi-node runs start the deepspeed launcher on each node (docs/TRAIN.md).
 
     \b
     Example:
@@ -72,7 +77,8 @@ def train_cmd(dataset, overrides, out, nproc, objective, config, ds_config, resu
 
     summary = run_training(data=dataset, out=out, nproc=nproc, objective=objective, config=config,
                            ds_config=ds_config, resume=None if resume == "none" else resume, overrides=items,
-                           master_port=master_port, on_line=lambda line: click.echo(line, err=True))
+                           master_port=master_port, max_restarts=max_restarts,
+                           on_line=lambda line: click.echo(line, err=True))
     click.echo(json.dumps(summary))
 
 

@@ -1,10 +1,14 @@
-"""Launch training from outside: the ``deepspeed`` launcher command for N local ranks, and running it."""
+"""Launch training from outside: the ``deepspeed`` launcher command for N local ranks, and running it
+under a supervisor that restarts a run whose rank died (``max_restarts``) from its newest complete
+checkpoint. A job that refused its input (exit code 2: the job's one-line ``error: ...``, or a bad
+flag) is never restarted: the same input would fail the same way."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 import re
+import signal
 import time
 from collections import deque
 from pathlib import Path
@@ -16,10 +20,13 @@ from pipeline.train.cuda_env import sanitize_environ
 from maskgit_core.errors import TrainingError
 
 __all__ = ["jobs_dir", "deepspeed_command", "run_training", "stream_command", "error_lines", "free_port",
-           "LOG_FILE"]
+           "LOG_FILE", "INPUT_ERROR_EXIT"]
 
 LOG_FILE = "train.log"
 """The launcher's output, appended under the run directory by ``run_training``."""
+
+INPUT_ERROR_EXIT = 2
+"""Exit code of a job that refused its input (jobs/train_mvtm.py's ``error: ...``, argparse): not retried."""
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +67,23 @@ def deepspeed_command(*, data: str, out: str, nproc: int = 2, ds_config: str | N
     return cmd + list(overrides or [])
 
 
-def run_training(*, on_line: Callable[[str], None] | None = None, **kwargs: Any) -> dict[str, Any]:
+def run_training(*, on_line: Callable[[str], None] | None = None, max_restarts: int = 0,
+                 **kwargs: Any) -> dict[str, Any]:
     """Run ``deepspeed_command(**kwargs)`` to completion (OMP_NUM_THREADS=1 per rank on CPU) and
     return the summary the job prints.
 
     The launcher's output (stdout and stderr of every rank) is streamed line by line to
-    ``on_line`` (default: this module's logger) and appended to ``<out>/train.log``. On failure
-    raises ``TrainingError`` with the child's own error lines (``error_lines``) and the log's path."""
-    cmd = deepspeed_command(**kwargs)
+    ``on_line`` (default: this module's logger) and appended to ``<out>/train.log``.
+
+    Supervisor: when the launcher exits non-zero for another reason than an input error (exit code
+    ``INPUT_ERROR_EXIT``), e.g. a rank was killed or crashed, the run is started again with
+    ``--resume auto`` (the newest complete checkpoint in ``out``), at most ``max_restarts`` times;
+    each restart is announced, with the exit code and the last error lines, to ``on_line`` and
+    train.log. On a failure that is not restarted raises ``TrainingError`` with the child's own error
+    lines (``error_lines``) and the log's path."""
+    if max_restarts < 0:
+        raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
+    show = on_line or log.info
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -75,12 +91,26 @@ def run_training(*, on_line: Callable[[str], None] | None = None, **kwargs: Any)
     sanitize_environ(env)  # the launcher itself imports DeepSpeed's op builders too
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(jobs_dir().parent), env.get("PYTHONPATH")]))
     log_path = Path(kwargs["out"]) / LOG_FILE
-    log.info("running %s (output in %s)", " ".join(cmd), log_path)
-    rc, summaries, tail = stream_command(cmd, env=env, log_path=log_path, on_line=on_line or log.info)
-    if rc != 0:
-        errors = error_lines(tail)
-        raise TrainingError(f"training failed (exit {rc}): {' | '.join(errors) or 'no output'}; "
-                            f"full output in {log_path}")
+    restarts = 0
+    while True:
+        cmd = deepspeed_command(**kwargs)
+        log.info("running %s (output in %s)", " ".join(cmd), log_path)
+        rc, summaries, tail = stream_command(cmd, env=env, log_path=log_path, on_line=show)
+        if rc == 0:
+            break
+        reason = f"exit {rc}{_rank_exit(tail)}: {' | '.join(error_lines(tail)) or 'no output'}"
+        if rc == INPUT_ERROR_EXIT or restarts >= max_restarts:
+            why = "" if rc == INPUT_ERROR_EXIT or not max_restarts else f" after {restarts} restarts"
+            raise TrainingError(f"training failed{why} ({reason}); full output in {log_path}")
+        restarts += 1
+        note = (f"restart {restarts}/{max_restarts} from the newest complete checkpoint (--resume auto) "
+                f"after {reason}")
+        log.warning("%s", note)
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(f"# {note}\n")
+        if on_line is not None:  # the terminal (the default, the logger, has it already)
+            on_line(note)
+        kwargs = {**kwargs, "resume": "auto"}
     for line in reversed(summaries):
         try:
             return json.loads(line)
@@ -132,6 +162,23 @@ def stream_command(cmd: list[str], *, env: dict[str, str], log_path: Path, on_li
             for t in readers:
                 t.join()
     return rc, list(summaries), list(tail)
+
+
+_RANK_EXIT = re.compile(r"exits with return code = (-?\d+)")
+
+
+def _rank_exit(lines: list[str]) -> str:
+    """`` (a rank ended by SIGKILL)`` from the launcher's report of the first rank that failed; '' if none."""
+    codes = [int(m.group(1)) for ln in lines for m in [_RANK_EXIT.search(ln)] if m]
+    if not codes:
+        return ""
+    code = codes[0]
+    if code < 0:
+        try:
+            return f" (a rank ended by {signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return f" (a rank exited with {code})"
 
 
 _RANK_PREFIX = re.compile(r"^\[?rank\s?\d+\]?:\s?")
