@@ -12,7 +12,8 @@ import pytest
 
 from maskgit_core.errors import ConfigError
 from pipeline.data.storage import url_to_fs
-from pipeline.data.tokenize_job import JOB_DIR, _check_job, _done_units
+from pipeline.data.tokenize_output import check_job as _check_job, done_units as _done_units
+from pipeline.data.tokenize_progress import JOB_DIR
 
 
 def _dead_pid() -> int:

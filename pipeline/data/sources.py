@@ -1,5 +1,8 @@
 """Image sources: list a dataset deterministically and read one image's bytes.
 
+(Longer than the ~450-line guide on purpose: one lister per layout, all sharing the key, label and
+error rules, so what a layout does is read in one place.)
+
 Layouts (``layout=``; ``auto`` detects them):
 
 - ``folder``: ``ROOT/<class>/<file>`` for any dataset (ImageNet ``train/`` is one). ``imagenet``: a

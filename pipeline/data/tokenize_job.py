@@ -23,20 +23,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import queue
-import re
 import threading
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
-
 from tokenizer.preprocess import AUGMENTATIONS, view_names
-from pipeline.data.shards import (FORMATS, Manifest, ShardInfo, ShardRows, TokenizerInfo, join, put_bytes_atomic, url_to_fs,
-                     write_manifest, write_parquet_shard, write_webdataset_shard)
+from pipeline.data.shards import (FORMATS, Manifest, ShardInfo, TokenizerInfo, join, put_bytes_atomic, url_to_fs,
+                                  write_manifest)
+from pipeline.data.tokenize_output import check_job, done_units, listing_fingerprint, write_unit
 from pipeline.data.tokenize_progress import JOB_DIR, STATUS_FILE, ProgressTracker, TokenizeProgress
 from pipeline.data.tokenize_stages import EncodeUnits, decode_unit, encoder_payload
 from pipeline.ray_session import ray_session
@@ -173,21 +170,6 @@ def plan_units(items: list[SourceItem], unit_size: int) -> list[list[SourceItem]
     return [items[i:i + unit_size] for i in range(0, len(items), unit_size)]
 
 
-def listing_fingerprint(listing: Listing) -> str:
-    h = hashlib.sha256()
-    for it in listing.items:
-        h.update(f"{it.key}\t{it.label}\n".encode())
-    for key, reason in listing.errors:
-        h.update(f"E\t{key}\t{reason}\n".encode())
-    return h.hexdigest()
-
-
-def _unit_record_path(unit: int) -> str:
-    return f"{JOB_DIR}/units/unit-{unit:05d}.json"
-
-
-# ------------------------------------------------------------------ the driver
-
 def _tokenizer_info(model, augmentations: tuple[str, ...]) -> TokenizerInfo:
     sha = getattr(model, "weights_sha256", None)
     if not sha:
@@ -208,96 +190,6 @@ def _job_spec(cfg: TokenizeConfig, info: TokenizerInfo, listing: Listing) -> dic
             "precision": cfg.precision,
             "listing_sha256": listing_fingerprint(listing), "images": len(listing.items)}
 
-
-def _check_job(fs, root: str, spec: dict[str, Any], *, resume: bool, out: str) -> None:
-    path = join(root, f"{JOB_DIR}/job.json")
-    if fs.exists(path):
-        old = json.loads(fs.cat_file(path))
-        diff = []
-        for k in sorted(set(spec) | set(old)):
-            a, b = spec.get(k), old.get(k)
-            if isinstance(a, dict) and isinstance(b, dict):
-                diff += [f"{k}.{j}" for j in sorted(set(a) | set(b)) if a.get(j) != b.get(j)]
-            elif a != b:
-                diff.append(k)
-        if diff:
-            raise ConfigError(f"{out} holds a tokenize run with different {diff} (see {JOB_DIR}/job.json); "
-                              "use a new output location, or the same settings and source to resume it")
-        return
-    if resume:
-        raise ConfigError(f"--resume: {out} holds no tokenize run to resume ({JOB_DIR}/job.json missing); "
-                          "drop --resume to start one")
-    try:
-        foreign = [e for e in fs.ls(root, detail=False) if e.rstrip("/").rsplit("/", 1)[-1] != JOB_DIR]
-    except FileNotFoundError:
-        foreign = []
-    if foreign:
-        raise ConfigError(f"{out} is not empty ({len(foreign)} entries, e.g. {foreign[0]}) and holds no tokenize "
-                          "run; tokenize into a new or empty location (nothing there was changed)")
-    put_bytes_atomic(fs, path, json.dumps(spec, indent=1).encode())
-
-
-# the only files a run ever removes: its own temp files (``put_bytes_atomic``'s ``<name>.tmp-<pid>``)
-_OWN_TEMP = re.compile(r"^(unit-\d{5}\.(parquet|tar\.gz|json)|manifest\.json|errors\.jsonl|job\.json|status\.json)"
-                       r"\.tmp-(\d+)$")
-_OWN_DIRS = ("", "parquet", "wds", JOB_DIR, f"{JOB_DIR}/units")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _done_units(fs, root: str, n_units: int) -> dict[int, dict]:
-    """Unit records whose shards all exist; removes the temp files a killed run of this job left in its
-    own folders (nothing else, whatever its name). A temp file whose writer process is still alive on
-    this machine belongs to a concurrent run on the same output and is left alone: both runs write the
-    same bytes under the same names, so neither destroys the other's work."""
-    files: set[str] = set()
-    for sub in _OWN_DIRS:
-        d = join(root, sub) if sub else root
-        fs.invalidate_cache(d)
-        try:
-            files.update(e.rstrip("/") for e in fs.ls(d, detail=False))
-        except FileNotFoundError:
-            continue
-    stale = [f for f in files if (m := _OWN_TEMP.match(f.rsplit("/", 1)[-1])) and not _pid_alive(int(m.group(3)))]
-    for f in stale:
-        fs.rm_file(f)
-    if stale:
-        log.info("removed %d temp file(s) of an interrupted run", len(stale))
-    done = {}
-    for u in range(n_units):
-        rec_path = join(root, _unit_record_path(u))
-        if rec_path in files:
-            rec = json.loads(fs.cat_file(rec_path))
-            if all(join(root, s["path"]) in files for s in rec["shards"]):
-                done[u] = rec
-    return done
-
-
-def _write_unit(root: str, fs, fsroot: str, row: dict[str, Any], info: TokenizerInfo,
-                formats: tuple[str, ...]) -> dict:
-    unit = int(row["unit"])
-    keys, labels = json.loads(row["keys"]), json.loads(row["labels"])
-    n = int(row["n"])
-    tokens = np.frombuffer(row["tokens"], info.token_dtype).reshape(n, info.n_aug, info.latent_h, info.latent_w)
-    rows = ShardRows(keys, np.asarray(labels, np.int64), tokens)
-    shards = []
-    for fmt in sorted(formats):
-        writer = write_parquet_shard if fmt == "parquet" else write_webdataset_shard
-        shards.append(writer(root, unit, rows, info).to_dict())
-    rec = {"unit": unit, "samples": n, "shards": shards, "errors": json.loads(row["errors"])}
-    put_bytes_atomic(fs, join(fsroot, _unit_record_path(unit)), json.dumps(rec).encode())  # written last
-    return rec
-
-
-# ------------------------------------------------------------------ the run
 
 @dataclass
 class _Plan:
@@ -321,8 +213,8 @@ def _plan_run(cfg: TokenizeConfig, model) -> _Plan:
     log.info("%s: %d images (+%d listing errors) in %d units of %d", cfg.source, len(listing.items),
              len(listing.errors), len(units), cfg.unit_size)
     fs, root = url_to_fs(cfg.out)
-    _check_job(fs, root, _job_spec(cfg, info, listing), resume=cfg.resume, out=cfg.out)
-    records = _done_units(fs, root, len(units))
+    check_job(fs, root, _job_spec(cfg, info, listing), resume=cfg.resume, out=cfg.out)
+    records = done_units(fs, root, len(units))
     pending = [u for u in range(len(units)) if u not in records]
     log.info("%d units done already, %d to run", len(records), len(pending))
     return _Plan(info, listing, units, fs, root, records, pending)
@@ -359,6 +251,38 @@ def _unit_dataset(cfg: TokenizeConfig, plan: _Plan, model):
                                    latent=info.latent_h, token_dtype=info.token_dtype.name))
 
 
+class _PipelineReader:
+    """Reads the Ray Data pipeline in a thread into a bounded queue (rows, then ``_END`` or the
+    pipeline's exception), so that the driver can stop at the first failed write at once instead of
+    when the next unit comes out of the encoders. Setting ``stop`` ends the thread, which closes the
+    iterator and so stops the pipeline."""
+
+    def __init__(self, ds, *, maxsize: int):
+        self.arrived: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.stop = threading.Event()
+        self._ds = ds
+        threading.Thread(target=self._read, name="tokenize-pipeline", daemon=True).start()
+
+    def _offer(self, item) -> bool:
+        """Queue ``item`` for the driver thread; False once the driver has stopped."""
+        while not self.stop.is_set():
+            try:
+                self.arrived.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self) -> None:
+        try:
+            for row in self._ds.iter_rows():
+                if not self._offer(row):
+                    return  # leaving the loop closes the iterator, which stops the Ray Data pipeline
+            self._offer(_END)
+        except BaseException as e:  # a Ray error: raised in the driver thread
+            self._offer(e)
+
+
 def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
                  ) -> tuple[list[tuple[float, int]], list[tuple[int, float]]]:
     """Write each encoded unit as it arrives (writer threads); record it and report progress as
@@ -385,39 +309,14 @@ def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
             tracker.unit_written(rec)
         return rest
 
-    # the pipeline is read in a thread, so that the first failed write stops the job at once instead
-    # of when the next unit comes out of the encoders
-    arrived: queue.Queue = queue.Queue(maxsize=cfg.write_threads)
-    stop = threading.Event()
-
-    def offer(item) -> bool:
-        """Queue ``item`` for the driver thread; False once the driver has stopped."""
-        while not stop.is_set():
-            try:
-                arrived.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def read_pipeline() -> None:
-        try:
-            for row in ds.iter_rows():
-                if not offer(row):
-                    return  # leaving the loop closes the iterator, which stops the Ray Data pipeline
-            offer(_END)
-        except BaseException as e:  # a Ray error: raised in the driver thread below
-            offer(e)
-
     broken: BaseException | None = None  # the pipeline's own error, raised after the writes have ended
-    reader = threading.Thread(target=read_pipeline, name="tokenize-pipeline", daemon=True)
-    reader.start()
+    reader = _PipelineReader(ds, maxsize=cfg.write_threads)
     with ThreadPoolExecutor(max_workers=cfg.write_threads) as pool:
         futures: set = set()
         try:
             while not failed:
                 try:
-                    row = arrived.get(timeout=0.2)
+                    row = reader.arrived.get(timeout=0.2)
                 except queue.Empty:
                     futures = finish(futures, block=False)
                     continue
@@ -428,12 +327,12 @@ def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
                     break
                 arrivals.append((time.time(), int(row["n"]) + len(json.loads(row["errors"]))))
                 encode_s.append((int(row["n"]), float(row["encode_s"])))
-                f = pool.submit(_write_unit, cfg.out, plan.fs, plan.root, row, plan.info, cfg.formats)
+                f = pool.submit(write_unit, cfg.out, plan.fs, plan.root, row, plan.info, cfg.formats)
                 f.add_done_callback(on_done)
                 futures.add(f)
                 futures = finish(futures, block=False)
         finally:
-            stop.set()
+            reader.stop.set()
             if failed:
                 for f in futures:
                     f.cancel()

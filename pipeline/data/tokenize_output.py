@@ -1,0 +1,129 @@
+"""The tokenize job's output folder: what makes it the job's own (``_tokenize/job.json``), which work
+units are done (``_tokenize/units/unit-XXXXX.json``, written after the unit's shards), and the only
+files a run ever removes (its own dead temp files). No Ray here: the driver's bookkeeping."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from maskgit_core.errors import ConfigError
+from pipeline.data.shards import (ShardRows, TokenizerInfo, join, put_bytes_atomic, write_parquet_shard,
+                                  write_webdataset_shard)
+from pipeline.data.sources import Listing
+from pipeline.data.tokenize_progress import JOB_DIR
+
+__all__ = ["listing_fingerprint", "unit_record_path", "check_job", "done_units", "write_unit"]
+
+log = logging.getLogger(__name__)
+
+
+def listing_fingerprint(listing: Listing) -> str:
+    h = hashlib.sha256()
+    for it in listing.items:
+        h.update(f"{it.key}\t{it.label}\n".encode())
+    for key, reason in listing.errors:
+        h.update(f"E\t{key}\t{reason}\n".encode())
+    return h.hexdigest()
+
+
+def unit_record_path(unit: int) -> str:
+    return f"{JOB_DIR}/units/unit-{unit:05d}.json"
+
+
+# ------------------------------------------------------------------ the driver
+
+def check_job(fs, root: str, spec: dict[str, Any], *, resume: bool, out: str) -> None:
+    path = join(root, f"{JOB_DIR}/job.json")
+    if fs.exists(path):
+        old = json.loads(fs.cat_file(path))
+        diff = []
+        for k in sorted(set(spec) | set(old)):
+            a, b = spec.get(k), old.get(k)
+            if isinstance(a, dict) and isinstance(b, dict):
+                diff += [f"{k}.{j}" for j in sorted(set(a) | set(b)) if a.get(j) != b.get(j)]
+            elif a != b:
+                diff.append(k)
+        if diff:
+            raise ConfigError(f"{out} holds a tokenize run with different {diff} (see {JOB_DIR}/job.json); "
+                              "use a new output location, or the same settings and source to resume it")
+        return
+    if resume:
+        raise ConfigError(f"--resume: {out} holds no tokenize run to resume ({JOB_DIR}/job.json missing); "
+                          "drop --resume to start one")
+    try:
+        foreign = [e for e in fs.ls(root, detail=False) if e.rstrip("/").rsplit("/", 1)[-1] != JOB_DIR]
+    except FileNotFoundError:
+        foreign = []
+    if foreign:
+        raise ConfigError(f"{out} is not empty ({len(foreign)} entries, e.g. {foreign[0]}) and holds no tokenize "
+                          "run; tokenize into a new or empty location (nothing there was changed)")
+    put_bytes_atomic(fs, path, json.dumps(spec, indent=1).encode())
+
+
+# the only files a run ever removes: its own temp files (``put_bytes_atomic``'s ``<name>.tmp-<pid>``)
+_OWN_TEMP = re.compile(r"^(unit-\d{5}\.(parquet|tar\.gz|json)|manifest\.json|errors\.jsonl|job\.json|status\.json)"
+                       r"\.tmp-(\d+)$")
+_OWN_DIRS = ("", "parquet", "wds", JOB_DIR, f"{JOB_DIR}/units")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def done_units(fs, root: str, n_units: int) -> dict[int, dict]:
+    """Unit records whose shards all exist; removes the temp files a killed run of this job left in its
+    own folders (nothing else, whatever its name). A temp file whose writer process is still alive on
+    this machine belongs to a concurrent run on the same output and is left alone: both runs write the
+    same bytes under the same names, so neither destroys the other's work."""
+    files: set[str] = set()
+    for sub in _OWN_DIRS:
+        d = join(root, sub) if sub else root
+        fs.invalidate_cache(d)
+        try:
+            files.update(e.rstrip("/") for e in fs.ls(d, detail=False))
+        except FileNotFoundError:
+            continue
+    stale = [f for f in files if (m := _OWN_TEMP.match(f.rsplit("/", 1)[-1])) and not _pid_alive(int(m.group(3)))]
+    for f in stale:
+        fs.rm_file(f)
+    if stale:
+        log.info("removed %d temp file(s) of an interrupted run", len(stale))
+    done = {}
+    for u in range(n_units):
+        rec_path = join(root, unit_record_path(u))
+        if rec_path in files:
+            rec = json.loads(fs.cat_file(rec_path))
+            if all(join(root, s["path"]) in files for s in rec["shards"]):
+                done[u] = rec
+    return done
+
+
+def write_unit(root: str, fs, fsroot: str, row: dict[str, Any], info: TokenizerInfo,
+                formats: tuple[str, ...]) -> dict:
+    unit = int(row["unit"])
+    keys, labels = json.loads(row["keys"]), json.loads(row["labels"])
+    n = int(row["n"])
+    tokens = np.frombuffer(row["tokens"], info.token_dtype).reshape(n, info.n_aug, info.latent_h, info.latent_w)
+    rows = ShardRows(keys, np.asarray(labels, np.int64), tokens)
+    shards = []
+    for fmt in sorted(formats):
+        writer = write_parquet_shard if fmt == "parquet" else write_webdataset_shard
+        shards.append(writer(root, unit, rows, info).to_dict())
+    rec = {"unit": unit, "samples": n, "shards": shards, "errors": json.loads(row["errors"])}
+    put_bytes_atomic(fs, join(fsroot, unit_record_path(unit)), json.dumps(rec).encode())  # written last
+    return rec
+
+
+# ------------------------------------------------------------------ the run
