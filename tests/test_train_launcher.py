@@ -144,3 +144,15 @@ def test_cli_does_not_retry_a_config_error(tmp_path):
     log_text = (out / LOG_FILE).read_text()
     assert log_text.count("\n# ") + log_text.startswith("# ") == 1, log_text  # one launch, no restart line
     assert "steps must be positive, got 0" in log_text and "restart" not in r.output
+
+
+def test_a_stdout_line_arriving_inside_a_stderr_traceback_does_not_hide_the_error(tmp_path, monkeypatch):
+    """stdout and stderr are read by two threads; a stdout line that arrives between a traceback's
+    header and its exception line (forced here with sleeps) must not be taken for the exception."""
+    script = ("import sys, time\n"
+              "sys.stderr.write('Traceback (most recent call last):\\n'); sys.stderr.flush(); time.sleep(0.3)\n"
+              "print('step 2 loss 3.1', flush=True); time.sleep(0.3)\n"
+              "sys.stderr.write('  File \"<string>\", line 9, in <module>\\nKeyError: \\'late\\'\\n'); sys.exit(1)\n")
+    monkeypatch.setattr(launcher, "deepspeed_command", lambda **kw: [sys.executable, "-c", script])
+    with pytest.raises(TrainingError, match=r"exit 1: KeyError: 'late'\)"):
+        run_training(data="d", out=str(tmp_path / "run"), on_line=lambda line: None)

@@ -123,19 +123,22 @@ def stream_command(cmd: list[str], *, env: dict[str, str], log_path: Path, on_li
                    keep: int = 400) -> tuple[int, list[str], list[str]]:
     """Run ``cmd``; hand each line of its stdout and stderr to ``on_line`` as it comes and append it
     to ``log_path``. Returns (exit code, the last stdout lines that start with ``{`` (summaries),
-    the last ``keep`` lines of both)."""
+    the last ``keep`` lines of stdout followed by the last ``keep`` of stderr). The two tails are kept
+    apart because two threads read the pipes: in arrival order a stdout line can land between a
+    stderr traceback's header and its exception line, and ``error_lines`` would take it for the error."""
     import subprocess
     import threading
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     summaries: deque[str] = deque(maxlen=8)
-    tail: deque[str] = deque(maxlen=keep)
+    out_tail: deque[str] = deque(maxlen=keep)
+    err_tail: deque[str] = deque(maxlen=keep)
     with open(log_path, "a", encoding="utf-8") as logf:
         logf.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(cmd)}\n")
         logf.flush()
 
-        def pump(stream, sink: deque[str] | None) -> None:
+        def pump(stream, tail: deque[str], sink: deque[str] | None) -> None:
             for raw in stream:
                 line = raw.rstrip("\n")
                 with lock:
@@ -148,8 +151,8 @@ def stream_command(cmd: list[str], *, env: dict[str, str], log_path: Path, on_li
 
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 errors="replace", bufsize=1)
-        readers = [threading.Thread(target=pump, args=(proc.stdout, summaries), daemon=True),
-                   threading.Thread(target=pump, args=(proc.stderr, None), daemon=True)]
+        readers = [threading.Thread(target=pump, args=(proc.stdout, out_tail, summaries), daemon=True),
+                   threading.Thread(target=pump, args=(proc.stderr, err_tail, None), daemon=True)]
         for t in readers:
             t.start()
         try:
@@ -161,7 +164,7 @@ def stream_command(cmd: list[str], *, env: dict[str, str], log_path: Path, on_li
         finally:
             for t in readers:
                 t.join()
-    return rc, list(summaries), list(tail)
+    return rc, list(summaries), list(out_tail) + list(err_tail)
 
 
 _RANK_EXIT = re.compile(r"exits with return code = (-?\d+)")
