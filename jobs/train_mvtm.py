@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from maskgit_core.errors import MaskGITError
     from pipeline.train.config import load_train_config, parse_overrides
     from pipeline.train.loop import train
+    from pipeline.train.shm import release_shm_workspace
 
     try:
         over = parse_overrides(args.overrides)
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    torch.distributed.barrier()  # every rank has mapped every CPU all-reduce workspace: drop the names
+    release_shm_workspace(rank)
     try:
         summary = train(cfg, ds_config, resume=None if args.resume == "none" else args.resume)
     except MaskGITError as e:  # shard, checkpoint and config errors: one clear line; others keep a traceback

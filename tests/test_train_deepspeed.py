@@ -25,6 +25,7 @@ from pipeline.data.stream import StreamConfig, TokenStream
 from pipeline.data.synthetic import write_synthetic_token_dataset
 from pipeline.train import COMPLETE, export_run, find_resume, lr_factor
 from pipeline.train.launcher import free_port
+from pipeline.train.shm import SHM_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -40,8 +41,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _launch(nproc: int, out: Path, data: Path, extra: list[str], *, resume: str | None = None, wait: bool = True):
-    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()),
+def _launch(nproc: int, out: Path, data: Path, extra: list[str], *, resume: str | None = None, wait: bool = True,
+            port: int | None = None):
+    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(port or free_port()),
            str(REPO / "jobs" / "train_mvtm.py"), "--deepspeed_config", DS_CPU, "--data", str(data),
            "--out", str(out)]
     if resume:
@@ -80,8 +82,14 @@ def data(tmp_path_factory) -> Path:
 def reference(tmp_path_factory, data) -> tuple[Path, dict]:
     """One uninterrupted 2-rank run: the reference of every check below."""
     out = tmp_path_factory.mktemp("ref")
-    text = _launch(2, out, data, ["sample_every=60"])
-    return out, _summary(text)
+    port = free_port()
+    text = _launch(2, out, data, ["sample_every=60"], port=port)
+    return out, {**_summary(text), "master_port": port}
+
+
+def _shm_left(port: int) -> list[str]:
+    """DeepSpeed's CPU all-reduce workspaces of the run on ``port`` still named in /dev/shm."""
+    return sorted(p.name for p in SHM_DIR.glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 
 @pytest.mark.integration
@@ -91,6 +99,7 @@ def test_two_rank_training_loss_decreases_and_exports(reference):
     assert sorted(rows) == list(range(1, STEPS + 1))
     losses = np.array([rows[s]["loss"] for s in range(1, STEPS + 1)])
     assert losses[-10:].mean() < losses[:10].mean() - 0.1, losses
+    assert _shm_left(summary["master_port"]) == []  # ~69 MB of RAM per rank, left behind by every run before
     # every micro-step consumed the next W*B stream positions, in order
     for s in range(1, STEPS + 1):
         assert rows[s]["index_min"] == (s - 1) * 16 and rows[s]["index_max"] == s * 16 - 1
@@ -114,7 +123,8 @@ def test_two_rank_training_loss_decreases_and_exports(reference):
 def test_kill9_then_resume_matches_uninterrupted(reference, data, tmp_path):
     ref_out, _ = reference
     out = tmp_path / "killed"
-    proc = _launch(2, out, data, [], wait=False)
+    port = free_port()
+    proc = _launch(2, out, data, [], wait=False, port=port)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -127,6 +137,7 @@ def test_kill9_then_resume_matches_uninterrupted(reference, data, tmp_path):
     proc.wait()
     killed_at = max(_metrics(out))
     assert killed_at < STEPS, "the run was not interrupted"
+    assert _shm_left(port) == []  # names dropped once mapped: a killed run leaves no RAM behind either
     tag = find_resume(out / "checkpoints")
     assert tag is not None
     # a partially written checkpoint (no completion marker) is never picked
@@ -206,6 +217,7 @@ def test_two_nodes_one_killed_then_resumed_matches_uninterrupted(reference, data
             _kill_group(p)
     killed_at = max(_metrics(out))
     assert killed_at < STEPS, "the run was not interrupted"
+    assert _shm_left(port) == []  # names dropped once mapped: a killed run leaves no RAM behind either
     tag = find_resume(out / "checkpoints")
     assert tag is not None and (out / "checkpoints" / tag / COMPLETE).is_file()
     again = tmp_path / "again"
