@@ -217,7 +217,6 @@ def test_two_nodes_one_killed_then_resumed_matches_uninterrupted(reference, data
             _kill_group(p)
     killed_at = max(_metrics(out))
     assert killed_at < STEPS, "the run was not interrupted"
-    assert _shm_left(port) == []  # names dropped once mapped: a killed run leaves no RAM behind either
     tag = find_resume(out / "checkpoints")
     assert tag is not None and (out / "checkpoints" / tag / COMPLETE).is_file()
     again = tmp_path / "again"
