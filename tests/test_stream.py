@@ -47,21 +47,40 @@ def test_epoch_blocks_cover_every_row_once_and_depend_on_seed_and_epoch():
     assert len(shard_runs) == len(SIZES)  # a shard's blocks are read together (shards permuted, then blocks)
 
 
-def test_order_is_a_permutation_with_a_bounded_shuffle_window():
-    plan = StreamPlan(SIZES, block_size=16, shuffle_buffer=50, seed=0)
+@pytest.mark.parametrize("partitions", [1, 4, 64])
+def test_order_is_a_permutation_with_a_bounded_shuffle_window(partitions):
+    plan = StreamPlan(SIZES, block_size=16, shuffle_buffer=50, seed=0, partitions=partitions)
+    assert plan.window == -(-50 // partitions)  # the windows of all parts together hold ~shuffle_buffer
     g = np.arange(2 * TOTAL)
     epoch, shard, row = plan.locate(g)
     ids = plan.first_id[shard] + row
     for e in (0, 1):
         assert sorted(ids[epoch == e]) == list(range(TOTAL))  # every sample exactly once per epoch
     assert not np.array_equal(ids[:TOTAL], ids[TOTAL:])  # epochs are reshuffled
-    # the shuffle only permutes inside windows of 50: block-sequence positions stay in their window
+    # position p is index i of part k; the shuffle only permutes inside the part's windows, so its
+    # block-sequence position stays in that window of that part (P=1: windows of 50 over the sequence)
     b = epoch_blocks(SIZES, 16, seed=0, epoch=0)
     seq = [plan.first_id[s] + r for s, a, e_ in b for r in range(a, e_)]
     where = {sid: q for q, sid in enumerate(seq)}
-    assert all(where[ids[p]] // 50 == p // 50 for p in range(TOTAL))
-    e2, s2, r2 = stream_positions(SIZES, g[::-1], block_size=16, shuffle_buffer=50, seed=0)  # pure, any order
+    part, idx = plan.part_of(np.arange(TOTAL))
+    first, _ = plan.part_bounds(part)
+    assert all((where[ids[p]] - first[p]) // plan.window == idx[p] // plan.window for p in range(TOTAL))
+    e2, s2, r2 = stream_positions(SIZES, g[::-1], block_size=16, shuffle_buffer=50, seed=0,
+                                  partitions=partitions)  # pure, any order
     assert np.array_equal(s2[::-1], shard) and np.array_equal(r2[::-1], row)
+
+
+@pytest.mark.parametrize("total,partitions", [(TOTAL, 64), (TOTAL, 8), (640, 64), (5, 64), (1, 1)])
+def test_parts_tile_the_block_sequence_and_interleave_sample_by_sample(total, partitions):
+    plan = StreamPlan([total], block_size=16, shuffle_buffer=50, seed=0, partitions=partitions)
+    first, size = plan.part_bounds(np.arange(partitions))
+    m, rem = divmod(total, partitions)
+    assert list(size) == [m + 1] * rem + [m] * (partitions - rem)  # near-equal, N < P leaves parts empty
+    assert first[0] == 0 and np.array_equal(first[1:], np.cumsum(size)[:-1])  # contiguous, in order
+    part, idx = plan.part_of(np.arange(total))
+    assert sorted(zip(part.tolist(), idx.tolist())) == [(p, i) for p in range(partitions) for i in range(size[p])]
+    body = partitions * m
+    assert np.array_equal(part[:body], np.arange(body) % partitions)  # sample by sample, part 0, 1, ...
 
 
 @pytest.mark.parametrize("world_size,workers", [(1, 0), (3, 2)])
@@ -105,9 +124,12 @@ def test_resume_on_another_world_size_continues_at_the_same_global_sample(data):
     start = 2 * 7 * 5  # 5 steps of 2 ranks x 7
     one = next(iter(_stream(data, rank=0, world_size=1, batch_size=14, start=start, num_batches=1)))
     two = [next(iter(_stream(data, rank=r, world_size=2, start=start, num_batches=1))) for r in (0, 1)]
-    assert torch.equal(one["index"], torch.cat([t["index"] for t in two]))
-    assert torch.equal(one["images"], torch.cat([t["images"] for t in two]))
-    assert int(one["index"][0]) == start
+    # the step's positions are the same set; rank r of W takes every W-th of them from offset r
+    assert torch.equal(one["index"], torch.arange(start, start + 14))
+    assert [t["index"].tolist() for t in two] == [list(range(start + r, start + 14, 2)) for r in (0, 1)]
+    both = {k: torch.cat([t[k] for t in two]) for k in ("index", "images")}
+    order = torch.argsort(both["index"])
+    assert torch.equal(one["index"], both["index"][order]) and torch.equal(one["images"], both["images"][order])
 
 
 def test_augmentation_is_per_sample_per_epoch_and_reads_the_stored_view(data):
