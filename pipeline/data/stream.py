@@ -9,7 +9,9 @@ Order (a pure function of ``(seed, epoch)``, the manifest's per-shard counts and
 3. the parts are interleaved sample by sample: epoch position ``e < P*(N // P)`` is index ``e // P``
    of part ``e % P``; the ``N % P`` tail positions are the last index of parts 0, 1, ...;
 4. a bounded shuffle: each part is cut into windows of ``ceil(shuffle_buffer / P)`` samples, each
-   permuted with its own seed -> the epoch's *sample order*.
+   permuted with its own seed; odd parts are read back to front (their index i is the part's
+   position size-1-i), so neighbouring parts reach the row group they share together
+   -> the epoch's *sample order*.
 
 Epochs follow each other as one infinite stream; global stream index ``g`` is sample
 ``g % total`` of epoch ``g // total``. Each stored sample holds ``n_aug`` augmented token grids;
@@ -84,7 +86,9 @@ class StreamPlan:
 
     The epoch's block sequence (positions ``0..N-1``) is cut into ``partitions`` contiguous parts
     (``part_bounds``); the sample order interleaves them sample by sample (``part_of``), and each
-    part is shuffled in windows of ``window`` samples of its own.
+    part is shuffled in windows of ``window`` samples of its own. Odd parts are read back to front:
+    the row group two neighbouring parts share is then needed by both at the same time (start or
+    end of the epoch), so a rank reading both decodes it once.
     """
 
     def __init__(self, counts: list[int], *, block_size: int, shuffle_buffer: int, seed: int, partitions: int = 64):
@@ -154,7 +158,9 @@ class StreamPlan:
             sel = epochs == e
             self._load_epoch(int(e))
             part, idx = self.part_of(pos[sel])
-            q = self.part_bounds(part)[0] + self._shuffled(int(e), part, idx)  # position in the block sequence
+            first, size = self.part_bounds(part)
+            k = self._shuffled(int(e), part, idx)
+            q = first + np.where(part % 2 == 1, size - 1 - k, k)  # position in the block sequence
             b = np.searchsorted(self._block_end, q, side="right")  # block of each position
             before = np.where(b > 0, self._block_end[np.maximum(b - 1, 0)], 0)
             shard[sel] = self._blocks[b, 0]
@@ -436,8 +442,10 @@ class TokenStream(IterableDataset):
 
     def _cache_budget(self) -> int:
         """Rows the unit cache may hold: every part this rank reads (one more for an epoch's turn)
-        keeps its shuffle window plus the units at both of its ends, so no unit is decoded twice."""
-        return (self.parts_per_rank + 1) * (self.plan.window + 2 * self._unit_rows)
+        keeps two shuffle windows (the one read and the one before, at a window's turn), the indices
+        one micro-step takes from it and the units at both ends, so no unit is decoded twice."""
+        step = -(-self.world_size * self.cfg.batch_size // self.cfg.partitions)  # indices per part per step
+        return (self.parts_per_rank + 1) * (2 * self.plan.window + step + 2 * self._unit_rows)
 
     # -- batches
     def batch_at(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
@@ -455,7 +463,11 @@ class TokenStream(IterableDataset):
             unit = np.zeros_like(row)
         else:
             unit = row // np.array([self._row_group(int(s)) for s in shard])
-        for s, u in sorted(set(zip(shard.tolist(), unit.tolist()))):
+        keys = sorted(set(zip(shard.tolist(), unit.tolist())))
+        for key in keys:  # this batch's cached units are the most recent before any is evicted for a new one
+            if key in self._cache:
+                self._cache.move_to_end(key)
+        for s, u in keys:
             sel = np.nonzero((shard == s) & (unit == u))[0]
             try:
                 first, lab, tok = self._unit((s, u))
