@@ -47,24 +47,46 @@ def test_epoch_blocks_cover_every_row_once_and_depend_on_seed_and_epoch():
     assert len(shard_runs) == len(SIZES)  # a shard's blocks are read together (shards permuted, then blocks)
 
 
-def test_order_is_a_permutation_with_a_bounded_shuffle_window():
-    plan = StreamPlan(SIZES, block_size=16, shuffle_buffer=50, seed=0)
+@pytest.mark.parametrize("partitions", [1, 4, 64])
+def test_order_is_a_permutation_with_a_bounded_shuffle_window(partitions):
+    plan = StreamPlan(SIZES, block_size=16, shuffle_buffer=50, seed=0, partitions=partitions)
+    assert plan.window == -(-50 // partitions)  # the windows of all parts together hold ~shuffle_buffer
     g = np.arange(2 * TOTAL)
     epoch, shard, row = plan.locate(g)
     ids = plan.first_id[shard] + row
     for e in (0, 1):
         assert sorted(ids[epoch == e]) == list(range(TOTAL))  # every sample exactly once per epoch
     assert not np.array_equal(ids[:TOTAL], ids[TOTAL:])  # epochs are reshuffled
-    # the shuffle only permutes inside windows of 50: block-sequence positions stay in their window
+    # position p is index i of part k; the shuffle only permutes inside the part's windows, so its
+    # block-sequence position stays in that window of that part, counted from the part's end for odd
+    # parts (read back to front); P=1: windows of 50 over the sequence
     b = epoch_blocks(SIZES, 16, seed=0, epoch=0)
     seq = [plan.first_id[s] + r for s, a, e_ in b for r in range(a, e_)]
-    where = {sid: q for q, sid in enumerate(seq)}
-    assert all(where[ids[p]] // 50 == p // 50 for p in range(TOTAL))
-    e2, s2, r2 = stream_positions(SIZES, g[::-1], block_size=16, shuffle_buffer=50, seed=0)  # pure, any order
+    where = np.array([{sid: q for q, sid in enumerate(seq)}[i] for i in ids[:TOTAL]])
+    part, idx = plan.part_of(np.arange(TOTAL))
+    first, size = plan.part_bounds(part)
+    inside = np.where(part % 2 == 1, first + size - 1 - where, where - first)
+    assert ((inside >= 0) & (inside < size)).all()
+    assert np.array_equal(inside // plan.window, idx // plan.window)
+    e2, s2, r2 = stream_positions(SIZES, g[::-1], block_size=16, shuffle_buffer=50, seed=0,
+                                  partitions=partitions)  # pure, any order
     assert np.array_equal(s2[::-1], shard) and np.array_equal(r2[::-1], row)
 
 
-@pytest.mark.parametrize("world_size,workers", [(1, 0), (3, 2)])
+@pytest.mark.parametrize("total,partitions", [(TOTAL, 64), (TOTAL, 8), (640, 64), (5, 64), (1, 1)])
+def test_parts_tile_the_block_sequence_and_interleave_sample_by_sample(total, partitions):
+    plan = StreamPlan([total], block_size=16, shuffle_buffer=50, seed=0, partitions=partitions)
+    first, size = plan.part_bounds(np.arange(partitions))
+    m, rem = divmod(total, partitions)
+    assert list(size) == [m + 1] * rem + [m] * (partitions - rem)  # near-equal, N < P leaves parts empty
+    assert first[0] == 0 and np.array_equal(first[1:], np.cumsum(size)[:-1])  # contiguous, in order
+    part, idx = plan.part_of(np.arange(total))
+    assert sorted(zip(part.tolist(), idx.tolist())) == [(p, i) for p in range(partitions) for i in range(size[p])]
+    body = partitions * m
+    assert np.array_equal(part[:body], np.arange(body) % partitions)  # sample by sample, part 0, 1, ...
+
+
+@pytest.mark.parametrize("world_size,workers", [(1, 0), (3, 2), (8, 2)])
 def test_ranks_and_workers_see_every_sample_once_per_epoch(data, world_size, workers):
     batches_needed = -(-TOTAL // (7 * world_size))
     seen = []
@@ -105,9 +127,86 @@ def test_resume_on_another_world_size_continues_at_the_same_global_sample(data):
     start = 2 * 7 * 5  # 5 steps of 2 ranks x 7
     one = next(iter(_stream(data, rank=0, world_size=1, batch_size=14, start=start, num_batches=1)))
     two = [next(iter(_stream(data, rank=r, world_size=2, start=start, num_batches=1))) for r in (0, 1)]
-    assert torch.equal(one["index"], torch.cat([t["index"] for t in two]))
-    assert torch.equal(one["images"], torch.cat([t["images"] for t in two]))
-    assert int(one["index"][0]) == start
+    # the step's positions are the same set; rank r of W takes every W-th of them from offset r
+    assert torch.equal(one["index"], torch.arange(start, start + 14))
+    assert [t["index"].tolist() for t in two] == [list(range(start + r, start + 14, 2)) for r in (0, 1)]
+    both = {k: torch.cat([t[k] for t in two]) for k in ("index", "images")}
+    order = torch.argsort(both["index"])
+    assert torch.equal(one["index"], both["index"][order]) and torch.equal(one["images"], both["images"][order])
+
+
+def _steps(root, *, world_size: int, batch_size: int, start: int, steps: int) -> list[set[tuple[int, int, int]]]:
+    """The (index, sample id, aug) of each micro-step of a job of ``world_size`` ranks, all ranks together."""
+    out: list[set] = [set() for _ in range(steps)]
+    for rank in range(world_size):
+        s = _stream(root, rank=rank, world_size=world_size, batch_size=batch_size, start=start, num_batches=steps)
+        for k, b in enumerate(s):
+            out[k] |= set(zip(b["index"].tolist(), b["sample_id"].tolist(), b["aug"].tolist()))
+    return out
+
+
+@pytest.mark.parametrize("before,after", [((8, 3), (3, 8)), ((2, 7), (1, 14))])
+def test_resume_mid_epoch_on_another_world_size_continues_the_same_steps(data, before, after):
+    """(world size, batch) -> (world size, batch) with the same global batch: from the resume point
+    every step consumes the same samples as the uninterrupted run, and the epoch each sample once."""
+    (w0, b0), (w1, b1) = before, after
+    steps = -(-TOTAL // (w0 * b0))
+    full = _steps(data, world_size=w0, batch_size=b0, start=0, steps=steps)
+    k = steps // 3
+    resumed = full[:k] + _steps(data, world_size=w1, batch_size=b1, start=k * w0 * b0, steps=steps - k)
+    assert resumed == full
+    epoch0 = [sid for step in resumed for i, sid, _ in step if i < TOTAL]
+    assert sorted(epoch0) == list(range(TOTAL))
+
+
+def test_the_batches_are_a_pure_function_of_seed_and_epoch(data):
+    a = [b for b in _stream(data, rank=3, world_size=8, batch_size=3, num_batches=25)]
+    b = [b for b in _stream(data, rank=3, world_size=8, batch_size=3, num_batches=25)]
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x) and len(a) == len(b) == 25
+    c = [b for b in _stream(data, rank=3, world_size=8, batch_size=3, num_batches=25, seed=1)]
+    assert not all(torch.equal(x["sample_id"], y["sample_id"]) for x, y in zip(a, c))
+    late = _stream(data, rank=3, world_size=8, batch_size=3, start=10 * 8 * 3, num_batches=15)  # seek
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a[10:], late) for k in x)
+
+
+RG, STEP = 16, 256  # row group of the many-shard dataset; samples per micro-step at every world size
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory) -> tuple[Path, int, int]:
+    """64 Parquet shards of uneven sizes (parts and shards do not line up), row groups of 16; an epoch
+    of a whole number of steps. Returns (root, samples, row groups)."""
+    sizes = [100 + (i * 37) % 61 for i in range(64)]
+    sizes[-1] += -sum(sizes) % STEP
+    root = tmp_path_factory.mktemp("many")
+    write_synthetic_token_dataset(str(root), codebook_size=16, latent_size=2, num_classes=3, shard_sizes=sizes,
+                                  row_group=RG, n_aug=1)
+    return root, sum(sizes), sum(-(-n // RG) for n in sizes)
+
+
+@pytest.mark.parametrize("world_size,ranks", [(1, [0]), (8, [0, 5]), (64, [0, 33, 63])])
+def test_a_rank_decodes_about_one_world_size_th_of_the_data(many, monkeypatch, world_size, ranks):
+    """With P=64, W in {1, 8, 64}: over one epoch a rank decodes its parts' row groups, each once, plus
+    at most the two row groups at each part's ends (shared with the neighbouring parts' ranks)."""
+    root, total, groups = many
+    loaded: list[tuple[int, int]] = []
+    orig = TokenStream._load_unit
+    monkeypatch.setattr(TokenStream, "_load_unit", lambda self, key: (loaded.append(key), orig(self, key))[1])
+    for rank in ranks:
+        loaded.clear()
+        cfg = StreamConfig(data=str(root), batch_size=STEP // world_size, block_size=32, shuffle_buffer=256,
+                           partitions=64)
+        s = TokenStream(cfg, codebook_size=16, latent_size=2, rank=rank, world_size=world_size,
+                        num_batches=total // STEP)
+        served = sum(len(b["sample_id"]) for b in s)
+        assert served == total // world_size and s.parts_per_rank == 64 // world_size
+        assert len(loaded) == len(set(loaded)) == s.units_decoded  # no row group decoded twice
+        if world_size == 1:
+            assert s.units_decoded == groups and s.samples_decoded == total
+        else:
+            bound = total / world_size + 2 * s.parts_per_rank * RG
+            assert s.samples_decoded <= bound < 2 * total / world_size, (s.samples_decoded, bound)
+        assert s.peak_open_files <= cfg.max_open_files
 
 
 def test_augmentation_is_per_sample_per_epoch_and_reads_the_stored_view(data):

@@ -53,6 +53,7 @@ def test_a_full_epoch_over_many_shards_keeps_few_files_open_under_a_low_limit(ma
     assert sorted(ids.tolist()) == list(range(N_SHARDS * PER_SHARD))  # the whole epoch, each sample once
     assert peak <= start + MAX_OPEN + MARGIN
     assert len(ds._files) <= MAX_OPEN
+    assert ds.peak_open_files == MAX_OPEN and ds.files_opened >= N_SHARDS  # the counters see the LRU at work
 
 
 def test_max_open_files_must_be_positive(many_shards):

@@ -1,32 +1,42 @@
 """The training token stream: a deterministic, seekable IterableDataset over token shards.
 
-Order (a pure function of ``(seed, epoch)`` and the manifest's per-shard counts):
+Order (a pure function of ``(seed, epoch)``, the manifest's per-shard counts and the config):
 
 1. shards are permuted; each shard is cut into blocks of ``block_size`` rows, and the blocks of
    each shard are permuted -> the epoch's *block sequence* (every sample exactly once);
-2. a bounded shuffle buffer: the block sequence is cut into windows of ``shuffle_buffer``
-   samples and each window is permuted (its own seed) -> the epoch's *sample order*.
+2. the block sequence (N positions) is cut into ``partitions`` (P) contiguous *parts* of near-equal
+   size (the first ``N % P`` hold one more);
+3. the parts are interleaved sample by sample: epoch position ``e < P*(N // P)`` is index ``e // P``
+   of part ``e % P``; the ``N % P`` tail positions are the last index of parts 0, 1, ...;
+4. a bounded shuffle: each part is cut into windows of ``ceil(shuffle_buffer / P)`` samples, each
+   permuted with its own seed; odd parts are read back to front (their index i is the part's
+   position size-1-i), so neighbouring parts reach the row group they share together
+   -> the epoch's *sample order*.
 
 Epochs follow each other as one infinite stream; global stream index ``g`` is sample
 ``g % total`` of epoch ``g // total``. Each stored sample holds ``n_aug`` augmented token grids;
 which one is used is a hash of ``(seed, epoch, sample id)``.
 
 Distribution: micro-step ``s`` of the whole job consumes the contiguous range
-``[start + s*W*B, start + (s+1)*W*B)`` of the stream; rank ``r`` of ``W`` takes the slice
-``[.. + r*B, .. + (r+1)*B)``. DataLoader worker ``w`` of ``n`` produces the rank's local batches
+``[start + s*W*B, start + (s+1)*W*B)`` of the stream; rank ``r`` of ``W`` takes every W-th position
+of it from ``r`` on. The step's set of samples does not depend on W, and when W divides P a rank
+reads only the parts ``= r + const (mod W)``: 1/W of the data (in general the parts of one residue
+mod ``gcd(W, P)``). DataLoader worker ``w`` of ``n`` produces the rank's local batches
 ``w, w+n, ...`` (the DataLoader interleaves them back in order), so the batch sequence does not
 depend on the number of workers. Because the job consumes a prefix of the stream, resuming at a
 global sample index on any world size continues exactly there: ``seek`` is arithmetic over the
-manifest counts (which window, which block, which row group), no earlier data is read.
+manifest counts (which part, which window, which block, which row group), no earlier data is read.
 
 Reading: Parquet shards are read per row group (only those covering the needed blocks);
 WebDataset shards (gzip'd tars have no random access) are read whole and checksum-verified.
-Decoded units are cached (LRU, bounded by about two shuffle windows).
+Decoded units are cached (LRU, bounded by the parts this rank reads: each part's window plus the
+units at its ends), so a unit is decoded once per epoch per process.
 """
 from __future__ import annotations
 
 import errno
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -72,31 +82,71 @@ def epoch_blocks(counts: list[int] | np.ndarray, block_size: int, seed: int, epo
 
 
 class StreamPlan:
-    """Maps positions of the stream to (shard, row) without touching data; caches per epoch."""
+    """Maps positions of the stream to (shard, row) without touching data; caches per epoch.
 
-    def __init__(self, counts: list[int], *, block_size: int, shuffle_buffer: int, seed: int):
+    The epoch's block sequence (positions ``0..N-1``) is cut into ``partitions`` contiguous parts
+    (``part_bounds``); the sample order interleaves them sample by sample (``part_of``), and each
+    part is shuffled in windows of ``window`` samples of its own. Odd parts are read back to front:
+    the row group two neighbouring parts share is then needed by both at the same time (start or
+    end of the epoch), so a rank reading both decodes it once.
+    """
+
+    def __init__(self, counts: list[int], *, block_size: int, shuffle_buffer: int, seed: int, partitions: int = 64):
         self.counts = np.asarray(counts, dtype=np.int64)
         self.total = int(self.counts.sum())
         if self.total == 0:
             raise ShardError("the token dataset has no samples (all shards empty or skipped)")
         self.block_size, self.shuffle_buffer, self.seed = block_size, shuffle_buffer, seed
+        self.partitions = partitions
+        self.window = max(1, -(-shuffle_buffer // partitions))  # per part: all parts hold ~shuffle_buffer
         self.first_id = np.concatenate([[0], np.cumsum(self.counts)[:-1]])  # sample id of each shard's row 0
         self._epoch: int | None = None
-        self._windows: dict[int, np.ndarray] = {}
+        self._windows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # LRU: (part, window) -> perm
+
+    def part_bounds(self, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(first block-sequence position, size) of each part: the first ``N % P`` parts hold one more."""
+        m, rem = divmod(self.total, self.partitions)
+        part = np.asarray(part, dtype=np.int64)
+        return part * m + np.minimum(part, rem), m + (part < rem)
+
+    def part_of(self, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Epoch positions (n,) -> (part, index within the part): position ``e < P*m`` is index
+        ``e // P`` of part ``e % P``; the ``N % P`` tail positions are the last index of parts 0, 1, ..."""
+        body = self.partitions * (self.total // self.partitions)
+        e = np.asarray(e, dtype=np.int64)
+        inside = e < body
+        return (np.where(inside, e % self.partitions, e - body),
+                np.where(inside, e // self.partitions, self.total // self.partitions))
 
     def _load_epoch(self, epoch: int) -> None:
         if self._epoch != epoch:
             self._blocks = epoch_blocks(self.counts, self.block_size, self.seed, epoch)
             self._block_end = np.cumsum(self._blocks[:, 2] - self._blocks[:, 1])  # (n_blocks,)
-            self._epoch, self._windows = epoch, {}
+            self._epoch = epoch
+            self._windows.clear()
 
-    def _window_perm(self, epoch: int, j: int) -> np.ndarray:
-        if j not in self._windows:
-            if len(self._windows) > 8:
-                self._windows.clear()
-            size = min(self.shuffle_buffer, self.total - j * self.shuffle_buffer)
-            self._windows[j] = _rng(self.seed, epoch, 2, j).permutation(size)
-        return self._windows[j]
+    def _window_perm(self, epoch: int, part: int, j: int) -> np.ndarray:
+        """Permutation of window ``j`` of ``part`` (LRU: enough for every part's current and next window)."""
+        key = (part, j)
+        if key in self._windows:
+            self._windows.move_to_end(key)
+            return self._windows[key]
+        size = min(self.window, int(self.part_bounds(part)[1]) - j * self.window)
+        perm = self._windows[key] = _rng(self.seed, epoch, 2, part, j).permutation(size)
+        if len(self._windows) > 2 * self.partitions + 8:
+            self._windows.popitem(last=False)
+        return perm
+
+    def _shuffled(self, epoch: int, part: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Index within the part -> its shuffled index (each window of the part permuted)."""
+        win, off = np.divmod(idx, self.window)
+        out = np.empty_like(idx)
+        key = part * (self.total // self.window + 2) + win  # one int per (part, window)
+        for k in np.unique(key):
+            sel = key == k
+            p, j = int(part[sel][0]), int(win[sel][0])
+            out[sel] = j * self.window + self._window_perm(epoch, p, j)[off[sel]]
+        return out
 
     def locate(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Global stream indices (n,) -> (epoch, shard, row), each (n,) int64."""
@@ -107,12 +157,10 @@ class StreamPlan:
         for e in np.unique(epochs):
             sel = epochs == e
             self._load_epoch(int(e))
-            p = pos[sel]
-            win, off = np.divmod(p, self.shuffle_buffer)
-            q = np.empty_like(p)  # position in the block sequence
-            for j in np.unique(win):
-                wsel = win == j
-                q[wsel] = j * self.shuffle_buffer + self._window_perm(int(e), int(j))[off[wsel]]
+            part, idx = self.part_of(pos[sel])
+            first, size = self.part_bounds(part)
+            k = self._shuffled(int(e), part, idx)
+            q = first + np.where(part % 2 == 1, size - 1 - k, k)  # position in the block sequence
             b = np.searchsorted(self._block_end, q, side="right")  # block of each position
             before = np.where(b > 0, self._block_end[np.maximum(b - 1, 0)], 0)
             shard[sel] = self._blocks[b, 0]
@@ -120,16 +168,18 @@ class StreamPlan:
         return epochs, shard, row
 
 
-def stream_positions(counts: list[int], g: np.ndarray, *, block_size: int, shuffle_buffer: int, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stream_positions(counts: list[int], g: np.ndarray, *, block_size: int, shuffle_buffer: int, seed: int,
+                     partitions: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pure function: stream indices -> (epoch, shard, row)."""
-    return StreamPlan(counts, block_size=block_size, shuffle_buffer=shuffle_buffer, seed=seed).locate(g)
+    return StreamPlan(counts, block_size=block_size, shuffle_buffer=shuffle_buffer, seed=seed,
+                      partitions=partitions).locate(g)
 
 
 def rank_positions(start: int, local_batch: int, *, rank: int, world_size: int, batch_size: int) -> np.ndarray:
-    """Stream indices of rank ``rank``'s local batch number ``local_batch`` (B,) int64."""
-    first = start + (local_batch * world_size + rank) * batch_size
-    return np.arange(first, first + batch_size, dtype=np.int64)
+    """Stream indices of rank ``rank``'s local batch number ``local_batch`` (B,) int64: every
+    ``world_size``-th position of the job's micro-step, from offset ``rank``."""
+    first = start + local_batch * world_size * batch_size
+    return first + rank + world_size * np.arange(batch_size, dtype=np.int64)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -168,7 +218,10 @@ class StreamConfig:
     block_size: int = 4096
     """Rows per block (permuted within a shard); best a multiple of the Parquet row group."""
     shuffle_buffer: int = 16384
-    """Samples per shuffle window (memory bound of the shuffle)."""
+    """Samples held in shuffle windows at once, over all parts (each part's window: ceil(this / partitions))."""
+    partitions: int = 64
+    """Parts of the epoch's block sequence, interleaved sample by sample; a world size that divides it
+    reads only its ranks' parts (1/W of the data per rank)."""
     augment: bool = True
     """Pick a random stored augmentation per sample per epoch (False: always the first)."""
     skip_bad_shards: bool = False
@@ -179,7 +232,7 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ConfigError(f"unknown shard format {self.format!r}; choose one of {list(FORMATS)}")
-        for name in ("batch_size", "block_size", "shuffle_buffer", "max_open_files"):
+        for name in ("batch_size", "block_size", "shuffle_buffer", "partitions", "max_open_files"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"stream {name} must be positive, got {getattr(self, name)}")
 
@@ -236,12 +289,22 @@ class TokenStream(IterableDataset):
         self.bad = self._check_files()
         counts = [0 if i in self.bad else s.samples for i, s in enumerate(self.shards)]
         self.skipped_samples = sum(s.samples for i, s in enumerate(self.shards) if i in self.bad)
-        self.plan = StreamPlan(counts, block_size=cfg.block_size, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+        self.plan = StreamPlan(counts, block_size=cfg.block_size, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+                               partitions=cfg.partitions)
         full = np.array([s.samples for s in self.shards], np.int64)
         self.plan.first_id = np.concatenate([[0], np.cumsum(full)[:-1]])  # ids stay stable when shards are skipped
         self.epoch_size = self.plan.total
+        # parts this rank reads at once: those = r (mod gcd(W, P)) when one epoch's positions are dealt out
+        self.parts_per_rank = cfg.partitions // math.gcd(world_size, cfg.partitions)
         self._cache: OrderedDict[tuple[int, int], tuple[int, np.ndarray, np.ndarray]] = OrderedDict()
+        self._cached_rows, self._unit_rows = 0, 1  # rows held in _cache; rows of the largest unit seen
         self._files: OrderedDict[int, tuple[pq.ParquetFile, Any]] = OrderedDict()  # LRU: (file, fsspec handle)
+        self._rg_rows: dict[int, int] = {}  # shard -> rows per row group (known once opened)
+        # measurement counters (per process: each DataLoader worker keeps its own)
+        self.units_decoded = 0  # row groups / whole WebDataset shards loaded
+        self.samples_decoded = 0  # rows in them
+        self.files_opened = 0  # Parquet shard files opened (reopens after an LRU close included)
+        self.peak_open_files = 0  # most Parquet files open at once
 
     # -- checks
     def _check_files(self) -> dict[int, str]:
@@ -275,11 +338,6 @@ class TokenStream(IterableDataset):
         return bad
 
     # -- reading
-    def _unit_key(self, shard: int, row: int) -> tuple[int, int]:
-        if self.cfg.format == "webdataset":
-            return shard, 0
-        return shard, row // self._row_group(shard)
-
     def _parquet(self, shard: int) -> pq.ParquetFile:
         """The open ParquetFile of ``shard``; at most ``max_open_files`` stay open (LRU)."""
         if shard in self._files:
@@ -310,6 +368,9 @@ class TokenStream(IterableDataset):
             handle.close()
             raise ShardError(f"{full}: row groups of unequal size {sorted(sizes)}; rewrite it with shards.py")
         self._files[shard] = (pf, handle)
+        self._rg_rows[shard] = md.row_group(0).num_rows if md.num_row_groups else 1
+        self.files_opened += 1
+        self.peak_open_files = max(self.peak_open_files, len(self._files))
         return pf
 
     def close(self) -> None:
@@ -319,8 +380,10 @@ class TokenStream(IterableDataset):
             handle.close()
 
     def _row_group(self, shard: int) -> int:
-        md = self._parquet(shard).metadata
-        return md.row_group(0).num_rows if md.num_row_groups else 1
+        """Rows per row group of ``shard`` (opens it the first time only)."""
+        if shard not in self._rg_rows:
+            self._parquet(shard)
+        return self._rg_rows[shard]
 
     def _load_unit(self, key: tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray]:
         """(first row, labels (n,), tokens (n, n_aug, h, w)) of one row group / whole shard."""
@@ -369,10 +432,20 @@ class TokenStream(IterableDataset):
                          fix="the shard does not match its class table: re-tokenize it from a source with valid "
                              "labels, or pass skip_bad_shards=true to train without it")
         self._cache[key] = value
-        budget = 2 * self.cfg.shuffle_buffer + 2 * max(len(v[1]) for v in self._cache.values())
-        while sum(len(v[1]) for v in self._cache.values()) > budget and len(self._cache) > 1:
-            self._cache.popitem(last=False)
+        self.units_decoded += 1
+        self.samples_decoded += len(value[1])
+        self._cached_rows += len(value[1])
+        self._unit_rows = max(self._unit_rows, len(value[1]))
+        while self._cached_rows > self._cache_budget() and len(self._cache) > 1:
+            self._cached_rows -= len(self._cache.popitem(last=False)[1][1])
         return value
+
+    def _cache_budget(self) -> int:
+        """Rows the unit cache may hold: every part this rank reads (one more for an epoch's turn)
+        keeps two shuffle windows (the one read and the one before, at a window's turn), the indices
+        one micro-step takes from it and the units at both ends, so no unit is decoded twice."""
+        step = -(-self.world_size * self.cfg.batch_size // self.cfg.partitions)  # indices per part per step
+        return (self.parts_per_rank + 1) * (2 * self.plan.window + step + 2 * self._unit_rows)
 
     # -- batches
     def batch_at(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
@@ -390,7 +463,11 @@ class TokenStream(IterableDataset):
             unit = np.zeros_like(row)
         else:
             unit = row // np.array([self._row_group(int(s)) for s in shard])
-        for s, u in sorted(set(zip(shard.tolist(), unit.tolist()))):
+        keys = sorted(set(zip(shard.tolist(), unit.tolist())))
+        for key in keys:  # this batch's cached units are the most recent before any is evicted for a new one
+            if key in self._cache:
+                self._cache.move_to_end(key)
+        for s, u in keys:
             sel = np.nonzero((shard == s) & (unit == u))[0]
             try:
                 first, lab, tok = self._unit((s, u))

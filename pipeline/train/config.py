@@ -67,7 +67,9 @@ class TrainConfig:
     block_size: int = 4096
     """Stream block size (rows)."""
     shuffle_buffer: int = 16384
-    """Stream shuffle window (samples)."""
+    """Stream shuffle window (samples held in the windows of all parts together)."""
+    partitions: int = 64
+    """Stream parts interleaved sample by sample; a world size dividing it reads 1/W of the data per rank."""
     skip_bad_shards: bool = False
     """Skip missing/corrupt shards (and count them) instead of failing."""
     universal: bool = False

@@ -186,7 +186,7 @@ def _loader(cfg: TrainConfig, run: _Engine, *, rank: int, world: int, start: int
     """This rank's token stream from global sample ``start`` and its DataLoader."""
     stream = TokenStream(StreamConfig(data=cfg.data, batch_size=run.micro, format=cfg.format, seed=cfg.seed,
                                       block_size=cfg.block_size, shuffle_buffer=cfg.shuffle_buffer,
-                                      skip_bad_shards=cfg.skip_bad_shards),
+                                      partitions=cfg.partitions, skip_bad_shards=cfg.skip_bad_shards),
                          codebook_size=run.model_cfg.codebook_size, latent_size=run.model_cfg.latent_size,
                          num_classes=run.model_cfg.num_classes - (1 if run.null_label is not None else 0),
                          rank=rank, world_size=world, start=start)
