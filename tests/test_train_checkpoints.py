@@ -126,6 +126,21 @@ def test_settings_difference_names_each_changed_setting():
     assert settings_difference(saved, now) == ["model.num_classes: checkpoint 11, now 12", "seed: checkpoint 0, now 1"]
 
 
+def test_the_stream_order_settings_are_run_settings():
+    """partitions, block_size and shuffle_buffer decide which samples a resumed run reads next: a resume
+    with other values would repeat some samples of the epoch and skip others, so it is refused by name."""
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.loop import run_settings
+
+    cfg = TrainConfig(data="d", out="o")
+    saved = run_settings(cfg, cfg.model_config())
+    assert saved["stream"] == {"block_size": cfg.block_size, "shuffle_buffer": cfg.shuffle_buffer,
+                               "partitions": cfg.partitions}
+    other = TrainConfig(data="d", out="o", partitions=cfg.partitions // 2)
+    assert settings_difference(saved, run_settings(other, other.model_config())) == [
+        f"stream.partitions: checkpoint {cfg.partitions}, now {cfg.partitions // 2}"]
+
+
 # ------------------------------------------------------------------ the real launcher (one rank, gloo)
 
 def _launch(out: Path, data: Path, *extra: str, resume: str | None = None) -> subprocess.CompletedProcess:

@@ -140,7 +140,8 @@ def _build_engine(cfg: TrainConfig, ds_config: dict[str, Any], *, world: int) ->
 def run_settings(cfg: TrainConfig, model_cfg: transformer.TransformerConfig) -> dict[str, Any]:
     """What a checkpoint means: a resume with other values would silently train something else."""
     return {"seed": cfg.seed, "objective": cfg.objective, "data": cfg.data, "format": cfg.format,
-            "model": model_cfg.to_dict()}
+            "model": model_cfg.to_dict(),
+            "stream": {"block_size": cfg.block_size, "shuffle_buffer": cfg.shuffle_buffer, "partitions": cfg.partitions}}
 
 
 def _resume(cfg: TrainConfig, run: _Engine, ckpt_root: Path, resume: str | None, *, rank: int,
