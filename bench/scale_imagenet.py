@@ -18,6 +18,8 @@ Stages (``--stages``, all by default; each is timed, its peak RSS recorded):
   inspect    `maskgit-pipeline inspect` of train
   stream     one epoch of the training stream over train on W ranks x 2 DataLoader workers that
              only read: every sample exactly once across ranks; row groups decoded and files open
+  decode     row groups and samples a rank decodes in one epoch at W = 1, 8, 64 (ranks 0 and W-1,
+             in this process): the partitioned order's ~1/W
   resume     a stream resumed at a random mid-epoch sample (W and W/2 ranks) continues the
              uninterrupted sequence, reading only the row groups it needs
   train      a few real steps of `maskgit-pipeline train` (deepspeed launcher, 2 CPU ranks)
@@ -48,7 +50,7 @@ sys.path.insert(0, str(REPO))
 
 BIN = Path(sys.executable).parent
 IMAGENET_TRAIN, IMAGENET_CLASSES, IMAGENET_VAL = 1_281_167, 1000, 50_000
-STAGES = ("source", "listing", "tokenizer", "tokenize", "verify", "inspect", "stream", "resume", "train")
+STAGES = ("source", "listing", "tokenizer", "tokenize", "verify", "inspect", "stream", "decode", "resume", "train")
 
 
 # ---------------------------------------------------------------- the source
@@ -336,10 +338,30 @@ def measure_stream(data: Path, *, world: int, workers: int, batch: int, codebook
             "peak_open_files": max(r["peak_open_files_per_worker"] for r in per_rank), "ranks": per_rank}
 
 
+def measure_decode(data: Path, *, worlds: tuple[int, ...], global_batch: int, codebook: int, latent: int) -> dict:
+    """Per-rank decode work of one epoch's whole steps, in this process (no DataLoader workers)."""
+    from pipeline.data.stream import StreamConfig, TokenStream
+
+    total = json.loads((data / "manifest.json").read_text())["counts"]["samples"]
+    rows = []
+    for w in worlds:
+        for rank in sorted({0, w - 1}):
+            t0 = time.time()
+            ds = TokenStream(StreamConfig(data=str(data), batch_size=global_batch // w, seed=0), codebook_size=codebook,
+                             latent_size=latent, rank=rank, world_size=w, num_batches=total // global_batch)
+            served = sum(len(b["sample_id"]) for b in ds)
+            rows.append({"world_size": w, "rank": rank, "samples_served": served, "row_groups_decoded": ds.units_decoded,
+                         "samples_decoded": ds.samples_decoded, "decoded_fraction": round(ds.samples_decoded / total, 4),
+                         "ideal": round(1 / w, 4), "peak_open_files": ds.peak_open_files,
+                         "seconds": round(time.time() - t0, 1)})
+            print(f"decode: W={w} rank {rank}: {rows[-1]['decoded_fraction']} of the data", flush=True)
+    return {"global_batch": global_batch, "ranks": rows}
+
+
 def measure_resume(data: Path, *, world: int, batch: int, codebook: int, latent: int, seed: int) -> dict:
     """Resume at a random mid-epoch step on ``world`` and ``world // 2`` ranks: the next steps'
     samples equal the uninterrupted run's, and the first batch reads only the row groups it needs."""
-    from pipeline.data.stream import StreamConfig
+    from pipeline.data.stream import StreamConfig, rank_positions
 
     m = json.loads((data / "manifest.json").read_text())
     total = m["counts"]["samples"]
@@ -362,8 +384,6 @@ def measure_resume(data: Path, *, world: int, batch: int, codebook: int, latent:
         for rank in range(w2):
             ds = cls(cfg, codebook_size=codebook, latent_size=latent, rank=rank, world_size=w2, start=start)
             for k in range(3):
-                from pipeline.data.stream import rank_positions
-
                 b = ds.batch_at(rank_positions(start, k, rank=rank, world_size=w2, batch_size=b2))
                 got.setdefault(step + k, []).extend(b["sample_id"].tolist())
                 if k == 0:
@@ -489,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         k, lat = _grid()
         return measure_stream(tokens / "train", world=a.world, workers=2, batch=a.batch, codebook=k, latent=lat)
 
+    def decode() -> dict:
+        k, lat = _grid()
+        return measure_decode(tokens / "train", worlds=(1, 8, 64), global_batch=64 * a.batch, codebook=k, latent=lat)
+
     def resume() -> dict:
         k, lat = _grid()
         return measure_resume(tokens / "train", world=a.world, batch=a.batch, codebook=k, latent=lat, seed=7)
@@ -510,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work / "run")
     for name, fn in (("source", source), ("listing", listing), ("tokenizer", train_tokenizer),
                      ("tokenize", tokenize), ("verify", verify), ("inspect", inspect), ("stream", stream),
-                     ("resume", resume), ("train", train)):
+                     ("decode", decode), ("resume", resume), ("train", train)):
         stage(name, fn)
     print(f"wrote {out_json}")
     return 0
