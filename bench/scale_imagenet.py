@@ -373,8 +373,6 @@ def measure_resume(data: Path, *, world: int, batch: int, codebook: int, latent:
     for rank in range(world):
         ds = cls(cfg, codebook_size=codebook, latent_size=latent, rank=rank, world_size=world)
         for k in range(step, step + 3):
-            from pipeline.data.stream import rank_positions
-
             b = ds.batch_at(rank_positions(0, k, rank=rank, world_size=world, batch_size=batch))
             ref.setdefault(k, []).extend(b["sample_id"].tolist())
     for w2 in (world, max(1, world // 2)):
