@@ -60,7 +60,7 @@ def _encoders_by_node(cluster) -> dict:
     found: dict = {}
     for p in psutil.Process(os.getpid()).children(recursive=True):
         try:
-            if "EncodeUnits" not in " ".join(p.cmdline()):
+            if "EncodeTasks" not in " ".join(p.cmdline()):
                 continue
             parents = {q.pid for q in p.parents()}
         except psutil.Error:
