@@ -150,6 +150,8 @@ class TokenizeResult:
     """Images/s from the first encoded task to the last (start-up excluded); None for < 3 tasks."""
     encoder_images_per_s: float | None = None
     """Images/s inside the encoder actors (encode + search only), measured during this run."""
+    decode_images_per_s: float | None = None
+    """Listed images/s inside one decode task (read + decode + crop), measured during this run."""
 
 
 # ------------------------------------------------------------------ planning (pure)
@@ -337,15 +339,15 @@ class _PipelineReader:
 
 
 def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
-                 ) -> tuple[list[tuple[float, int]], list[tuple[int, float]]]:
+                 ) -> tuple[list[tuple[float, int]], list[tuple[int, float, float]]]:
     """Join each unit's encoded tasks as they arrive (``UnitAssembler``) and write each whole unit
     (writer threads); record it and report progress as each write finishes. The first failed write
     stops the job: no further task is taken from the pipeline or unit started, queued writes are
     dropped, and its ``StorageError`` is raised once the writes already running have ended (each
-    leaves its files whole or absent). Returns (arrival time, images) and (images, encoder seconds)
-    per task."""
+    leaves its files whole or absent). Returns (arrival time, listed images) and (images, encoder
+    seconds, decode seconds) per task."""
     arrivals: list[tuple[float, int]] = []  # (time a task came out of the encoder, its images)
-    encode_s: list[tuple[int, float]] = []  # (images, seconds inside the encoder actor) per task
+    encode_s: list[tuple[int, float, float]] = []  # (images, encoder s, decode s) per task
     assembler = UnitAssembler()
     failed: list[BaseException] = []  # set by the writer thread that failed first
 
@@ -381,7 +383,7 @@ def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
                     broken = row
                     break
                 arrivals.append((time.time(), int(row["n"]) + len(json.loads(row["errors"]))))
-                encode_s.append((int(row["n"]), float(row["encode_s"])))
+                encode_s.append((int(row["n"]), float(row["encode_s"]), float(row["decode_s"])))
                 unit = assembler.add(row)
                 if unit is None:
                     continue
@@ -436,14 +438,16 @@ def _write_manifest(cfg: TokenizeConfig, plan: _Plan) -> Manifest:
     return manifest
 
 
-def _throughput(arrivals: list[tuple[float, int]], encode_s: list[tuple[int, float]]
-                ) -> tuple[float | None, float | None]:
-    """(steady images/s from the first encoded task to the last, images/s inside the encoders)."""
+def _throughput(arrivals: list[tuple[float, int]], encode_s: list[tuple[int, float, float]]
+                ) -> tuple[float | None, float | None, float | None]:
+    """(steady images/s from the first encoded task to the last, images/s inside the encoders,
+    listed images/s inside a decode task)."""
     steady = None
     if len(arrivals) >= 3:  # throughput between the first and the last task, without start-up
         steady = sum(n for _, n in arrivals[1:]) / max(arrivals[-1][0] - arrivals[0][0], 1e-9)
-    enc_t = sum(t for _, t in encode_s)
-    return steady, (sum(n for n, _ in encode_s) / enc_t if enc_t else None)
+    enc_t, dec_t = sum(e for _, e, _ in encode_s), sum(d for _, _, d in encode_s)
+    enc = sum(n for n, _, _ in encode_s) / enc_t if enc_t else None
+    return steady, enc, (sum(n for _, n in arrivals) / dec_t if dec_t else None)
 
 
 def run_tokenize(cfg: TokenizeConfig, *, progress: Callable[[TokenizeProgress], None] | None = None
@@ -459,7 +463,7 @@ def run_tokenize(cfg: TokenizeConfig, *, progress: Callable[[TokenizeProgress], 
     plan = _plan_run(cfg, model)
     tracker = ProgressTracker(plan.fs, plan.root, units=plan.units, records=plan.records, callback=progress)
     arrivals: list[tuple[float, int]] = []
-    encode_s: list[tuple[int, float]] = []
+    encode_s: list[tuple[int, float, float]] = []
     if plan.pending:
         with ray_session(cfg.ray_address):
             ds = _task_dataset(cfg, plan, model)
@@ -473,6 +477,6 @@ def run_tokenize(cfg: TokenizeConfig, *, progress: Callable[[TokenizeProgress], 
     dt = time.time() - t0
     log.info("wrote %s: %d samples, %d errors in %.1f s", cfg.out, manifest.counts["samples"],
              manifest.counts["errors"], dt)
-    steady, enc = _throughput(arrivals, encode_s)
+    steady, enc, dec = _throughput(arrivals, encode_s)
     n_units, n_run = len(plan.units), len(plan.pending)
-    return TokenizeResult(cfg.out, manifest, n_units, n_run, n_units - n_run, dt, steady, enc)
+    return TokenizeResult(cfg.out, manifest, n_units, n_run, n_units - n_run, dt, steady, enc, dec)

@@ -69,9 +69,10 @@ def decode_task(batch: dict[str, np.ndarray], *, image_size: int, augmentations:
                 storage_options: dict | None = None) -> dict[str, np.ndarray]:
     """Ray map_batches fn (batch of task rows): read + decode + crop every image of each task."""
     reader = ItemReader(**(storage_options or {}))
-    out: dict[str, list] = {k: [] for k in (*_PASS, "keys", "labels", "images", "n", "errors")}
+    out: dict[str, list] = {k: [] for k in (*_PASS, "keys", "labels", "images", "n", "errors", "decode_s")}
     try:
         for i in range(len(batch["unit"])):
+            t = time.perf_counter()
             row = {k: batch[k][i] for k in ("n_items", "keys", "locs", "ints")}
             keys, labels, views, errors = _decode_items(reader, unpack_items(row), image_size=image_size,
                                                         augmentations=augmentations)
@@ -83,10 +84,12 @@ def decode_task(batch: dict[str, np.ndarray], *, image_size: int, augmentations:
             out["images"].append(images.tobytes())
             out["n"].append(len(keys))
             out["errors"].append(json.dumps(errors))
+            out["decode_s"].append(time.perf_counter() - t)
     finally:
         reader.close()
     return {**{k: np.asarray(out[k], np.int64) for k in (*_PASS, "n")},
-            **{k: np.asarray(out[k], dtype=object) for k in ("keys", "labels", "images", "errors")}}
+            **{k: np.asarray(out[k], dtype=object) for k in ("keys", "labels", "images", "errors")},
+            "decode_s": np.asarray(out["decode_s"], np.float64)}
 
 
 def build_encoder(payload: dict[str, Any], *, device: str):
@@ -155,5 +158,5 @@ class EncodeTasks:
             t = time.perf_counter()
             tokens.append(self.encode(arr).tobytes())
             seconds.append(time.perf_counter() - t)
-        return {**{k: batch[k] for k in (*_PASS, "keys", "labels", "n", "errors")},
+        return {**{k: batch[k] for k in (*_PASS, "keys", "labels", "n", "errors", "decode_s")},
                 "tokens": np.asarray(tokens, dtype=object), "encode_s": np.asarray(seconds, np.float64)}
