@@ -79,7 +79,7 @@ def test_worker_node_killed_mid_run(data, cluster, tmp_path):
     total = res.units_total
     out = tmp_path / "out"
     cmd = [str(BIN / "maskgit-pipeline"), "tokenize", data["src"], str(out), "--tokenizer", data["tok"],
-           "--format", "both", "--unit-size", str(UNIT), "--batch-size", str(BATCH),
+           "--format", "both", "--shard-size", str(UNIT), "--batch-size", str(BATCH),
            "--num-encoders", str(ENCODERS), "--ray-address", cluster.address]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
