@@ -4,7 +4,8 @@
         python jobs/tokenize_imagenet.py s3://bucket/imagenet s3://bucket/tokens/train \
         --tokenizer ckpt/official256/tokenizer --split train --format both
 
-Same flags as ``maskgit-pipeline tokenize``; under ``ray job submit`` the driver joins the
+Same flags as ``maskgit-pipeline tokenize`` (``--shard-size``, default 12,288 images per shard:
+105 shards per format for ImageNet train; ``--task-size``, default auto); under ``ray job submit`` the driver joins the
 cluster that runs it (RAY_ADDRESS is set by Ray).
 """
 from __future__ import annotations

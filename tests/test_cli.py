@@ -140,8 +140,10 @@ def test_data_and_train_commands_reject_bad_values(ckpts, no_model, tmp_path):
         (["verify", tmp_path / "tokns"], r"DATASET .*tokns: no such directory"),
         (["verify", d / "empty"], r"DATASET .*empty: holds no token dataset \(no manifest\.json\)"),
         (["inspect", tmp_path / "tokns"], r"no such directory"),
-        (["tokenize", d / "empty", tmp_path / "t", "--tokenizer", d / "tok", "--unit-size", "0"],
-         r"'--unit-size': 0 is not in the range x>=1"),
+        (["tokenize", d / "empty", tmp_path / "t", "--tokenizer", d / "tok", "--shard-size", "0"],
+         r"'--shard-size': 0 is not in the range x>=1"),
+        (["tokenize", d / "empty", tmp_path / "t", "--tokenizer", d / "tok", "--task-size", "0"],
+         r"'--task-size': 0 is not in the range x>=1"),
         (["tokenize", d / "empty", tmp_path / "t", "--tokenizer", d / "tok", "--batch-size", "0"],
          r"'--batch-size': 0 is not in the range x>=1"),
         (["train", tmp_path / "tokns", "--out", tmp_path / "run"], r"DATASET .*tokns: no such directory"),
@@ -210,6 +212,29 @@ def test_train_new_and_deprecated_spellings_reach_the_launcher(ckpts, monkeypatc
     r = _invoke(base + ["--resume", ""])
     assert r.exit_code == 0 and "train --resume '' is deprecated" in r.stderr and "use --resume none" in r.stderr
     assert calls[-1]["resume"] is None
+
+
+def test_tokenize_shard_and_task_size_and_the_deprecated_unit_size(ckpts, monkeypatch, tmp_path):
+    import pipeline.data.tokenize_job as job
+
+    cfgs = []
+
+    def fake_run(cfg, progress=None):
+        cfgs.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(job, "run_tokenize", fake_run)
+    base = ["tokenize", ckpts / "empty", tmp_path / "t", "--tokenizer", ckpts / "tok"]
+    r = _invoke(base)
+    assert r.exit_code == 0 and (cfgs[-1].unit_size, cfgs[-1].task_size) == (job.UNIT_SIZE, None), r.output
+    r = _invoke(base + ["--shard-size", "4096", "--task-size", "512"])
+    assert r.exit_code == 0 and "deprecated" not in r.stderr, r.output
+    assert (cfgs[-1].unit_size, cfgs[-1].task_size) == (4096, 512)
+    r = _invoke(base + ["--unit-size", "256"])
+    assert r.exit_code == 0 and cfgs[-1].unit_size == 256, r.output
+    assert "tokenize --unit-size is deprecated and will be removed in the next release; use --shard-size" in r.stderr
+    _one_line_error(_invoke(base + ["--unit-size", "256", "--shard-size", "512"]),
+                    r"--unit-size and --shard-size given together; pass --shard-size only")
 
 
 def test_entry_script_speaks_the_cli_words(tmp_path):

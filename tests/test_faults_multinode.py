@@ -60,7 +60,7 @@ def _encoders_by_node(cluster) -> dict:
     found: dict = {}
     for p in psutil.Process(os.getpid()).children(recursive=True):
         try:
-            if "EncodeUnits" not in " ".join(p.cmdline()):
+            if "EncodeTasks" not in " ".join(p.cmdline()):
                 continue
             parents = {q.pid for q in p.parents()}
         except psutil.Error:
@@ -79,7 +79,7 @@ def test_worker_node_killed_mid_run(data, cluster, tmp_path):
     total = res.units_total
     out = tmp_path / "out"
     cmd = [str(BIN / "maskgit-pipeline"), "tokenize", data["src"], str(out), "--tokenizer", data["tok"],
-           "--format", "both", "--unit-size", str(UNIT), "--batch-size", str(BATCH),
+           "--format", "both", "--shard-size", str(UNIT), "--batch-size", str(BATCH),
            "--num-encoders", str(ENCODERS), "--ray-address", cluster.address]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

@@ -16,7 +16,7 @@ from tokenize_data import make_imagenet_tree
 
 
 def _dying_decode(batch, **kw):
-    """Stands in for decode_unit: records the attempt, then kills its worker process."""
+    """Stands in for decode_task: records the attempt, then kills its worker process."""
     with open(os.environ["MASKGIT_TEST_ATTEMPTS"], "a") as f:
         f.write(f"{os.getpid()}\n")
     os._exit(1)
@@ -29,7 +29,7 @@ def test_a_worker_that_always_dies_is_retried_a_bounded_number_of_times(tmp_path
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this file
     attempts = tmp_path / "attempts.log"
     monkeypatch.setenv("MASKGIT_TEST_ATTEMPTS", str(attempts))
-    monkeypatch.setattr(tokenize_job, "decode_unit", _dying_decode)
+    monkeypatch.setattr(tokenize_job, "decode_task", _dying_decode)
     src, tok = tmp_path / "src", tmp_path / "tok"
     make_imagenet_tree(src, per_class=2, classes=("n01440764",))
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """The token-shard contract: writers, readers, manifest, compatibility checks."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -117,3 +118,51 @@ def test_bytes_per_sample_targets(tmp_path):
     ideal = 256 * 10 / 8  # 320 B
     assert pq_bytes <= 1.1 * ideal, pq_bytes
     assert wds_bytes <= 2.0 * pq_bytes, (wds_bytes, pq_bytes)
+
+
+def _imagenet_rows(n: int, grid: int, k: int, seed: int = 0) -> sh.ShardRows:
+    """A unit of ``n`` sorted ImageNet-like keys (1,300 per class) with uniform random token ids."""
+    rng = np.random.default_rng(seed)
+    keys = sorted(f"n{1440764 + i // 1300:08d}/n{1440764 + i // 1300:08d}_{10000 + 7 * (i % 1300)}.JPEG"
+                  for i in range(n))
+    return sh.ShardRows(keys, np.asarray([i // 1300 for i in range(n)]), rng.integers(0, k, (n, 1, grid, grid)))
+
+
+@pytest.mark.parametrize("grid", [4, 16])
+def test_parquet_bytes_per_image_within_1_1x_of_the_uint16_payload(tmp_path, grid):
+    """A default-size unit (12,288 images): Parquet bytes per image <= 1.1 x the token payload
+    (grid^2 x 2 bytes of uint16), keys included; the key column is delta-encoded (< 1 B/image)."""
+    import pyarrow.parquet as pq
+
+    info = sh.TokenizerInfo(checkpoint_sha256="0" * 64, codebook_size=1024, latent_h=grid, latent_w=grid,
+                            image_size=16 * grid)
+    n = 3 * sh.ROW_GROUP
+    s = sh.write_parquet_shard(str(tmp_path), 0, _imagenet_rows(n, grid, 1024), info)
+    assert s.bytes / n <= 1.1 * grid * grid * 2, s.bytes / n
+    md = pq.ParquetFile(tmp_path / s.path).metadata
+    assert md.num_row_groups == 3 and "DELTA_BYTE_ARRAY" in md.row_group(0).column(0).encodings
+    key_bytes = sum(md.row_group(g).column(0).total_compressed_size for g in range(md.num_row_groups))
+    assert key_bytes / n < 1.0, key_bytes / n
+
+
+def test_parquet_shards_of_the_earlier_writer_still_read(tmp_path):
+    """Files written before the key column was delta-encoded (dictionary keys) read the same."""
+    import pyarrow.parquet as pq
+
+    info = _info(n_aug=1)
+    rows = _rows(50, info)
+    new = sh.write_parquet_shard(str(tmp_path / "new"), 0, rows, info, row_group=16)
+    table = pq.read_table(tmp_path / "new" / new.path)
+    old_dir = tmp_path / "old" / "parquet"
+    old_dir.mkdir(parents=True)
+    pq.write_table(table, old_dir / "unit-00000.parquet", compression="zstd", row_group_size=16,
+                   write_statistics=False)  # the earlier writer's settings
+    data = (old_dir / "unit-00000.parquet").read_bytes()
+    assert pq.ParquetFile(old_dir / "unit-00000.parquet").metadata.row_group(0).column(0).encodings != \
+        pq.ParquetFile(tmp_path / "new" / new.path).metadata.row_group(0).column(0).encodings
+    old = sh.ShardInfo(path=new.path, format="parquet", unit=0, samples=50, bytes=len(data),
+                       sha256=hashlib.sha256(data).hexdigest())
+    back = sh.read_shard(str(tmp_path / "old"), old, info)
+    assert back.keys == rows.keys and np.array_equal(back.tokens, rows.tokens)
+    got = list(sh.iter_parquet_batches(str(tmp_path / "old"), old, info, start_row=20))
+    assert [k for b in got for k in b.keys] == rows.keys[20:]

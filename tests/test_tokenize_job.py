@@ -21,8 +21,10 @@ import tokenizer
 from tokenizer.preprocess import preprocess_bytes
 from pipeline.data.shards import read_manifest, read_shard
 from pipeline.data.sources import ItemReader, list_source
-from pipeline.data.tokenize_job import (JOB_DIR, STATUS_FILE, TokenizeConfig, plan_resources, plan_units,
-                                        run_tokenize)
+from pipeline.data import tokenize_job
+from pipeline.data.tokenize_job import (JOB_DIR, STATUS_FILE, TokenizeConfig, auto_task_size, plan_resources,
+                                        plan_tasks, plan_units, run_tokenize)
+from pipeline.data.tokenize_output import UnitAssembler
 from pipeline.data.verify import read_error_report, verify_dataset
 from tokenize_data import BAD_KINDS, CONVERTIBLE, add_bad_file, make_imagenet_tree
 from tokenize_fixtures import check_equal_to_reference, digests as _digests, s3  # noqa: F401 (fixture)
@@ -151,7 +153,7 @@ def test_rerun_skips_finished_units_and_checks_settings(data, ref, tmp_path):
 
 def _driver(data, out, address) -> subprocess.Popen:
     cmd = [str(BIN / "maskgit-pipeline"), "tokenize", data["src"], str(out), "--tokenizer", data["tok"],
-           "--format", "both", "--unit-size", str(UNIT), "--batch-size", str(BATCH), "--ray-address", address]
+           "--format", "both", "--shard-size", str(UNIT), "--batch-size", str(BATCH), "--ray-address", address]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -201,7 +203,7 @@ def _encoder_pids() -> list[int]:
     pids = []
     for p in psutil.Process(os.getpid()).children(recursive=True):
         try:
-            if "EncodeUnits" in " ".join(p.cmdline()):
+            if "EncodeTasks" in " ".join(p.cmdline()):
                 pids.append(p.pid)
         except psutil.Error:
             pass
@@ -227,6 +229,83 @@ def test_sigkill_worker_then_rerun(data, ref, ray_address, tmp_path):
     if proc.returncode == 0:  # Ray restarted the actor and retried its unit: the first run finished
         assert res.units_run == 0
     _check_equal_to_reference(data, ref, out)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """24 good JPEGs (no decode errors) and the debug tokenizer: 2 units of 12 images."""
+    root = tmp_path_factory.mktemp("clean")
+    make_imagenet_tree(root, per_class=6, classes=CLASSES)
+    tok = tmp_path_factory.mktemp("tok-clean")
+    torch.manual_seed(0)
+    tokenizer.save(tokenizer.build("debug"), tok)
+    return {"src": str(root), "tok": str(tok)}
+
+
+@pytest.fixture(scope="module")
+def one_task(clean, ray_address, tmp_path_factory):
+    """Units of 12 images, each encoded as one task (batch 2): the reference for the task tests."""
+    out = tmp_path_factory.mktemp("one-task") / "out"
+    run_tokenize(_cfg(clean, out, unit_size=12, task_size=12, batch_size=2))
+    return str(out)
+
+
+@pytest.mark.integration
+def test_a_unit_of_several_tasks_writes_the_same_bytes_as_one_task(clean, one_task, tmp_path):
+    out = tmp_path / "out"
+    res = run_tokenize(_cfg(clean, out, unit_size=12, task_size=4, batch_size=2))
+    assert res.units_total == 2 and res.manifest.extra["task_size"] == 4
+    assert json.loads((out / JOB_DIR / "job.json").read_text())["task_size"] == 4
+    check_equal_to_reference(clean["src"], one_task, str(out))
+    with pytest.raises(ValueError, match=r"different \['task_size'\]"):
+        run_tokenize(_cfg(clean, out, unit_size=12, task_size=6, batch_size=2))
+
+
+class _StopAfter(UnitAssembler):
+    """Stops the driver (as a kill would) when the ``limit``-th task arrives, before it is joined."""
+
+    limit = 0
+
+    def add(self, row):
+        type(self).limit -= 1
+        if type(self).limit < 0:
+            raise KeyboardInterrupt("stopped by the test")
+        return super().add(row)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("tasks_before_stop", [1, 4])
+def test_stopped_inside_a_unit_then_rerun(clean, one_task, tmp_path, monkeypatch, tasks_before_stop):
+    """Stopped with 1 task of unit 0 (or all 3 of unit 0 and 1 of unit 1) joined: the open unit's
+    tasks are lost, the rerun redoes that unit only and equals the uninterrupted run byte for byte."""
+    out = tmp_path / "out"
+    monkeypatch.setattr(_StopAfter, "limit", tasks_before_stop)
+    monkeypatch.setattr(tokenize_job, "UnitAssembler", _StopAfter)
+    with pytest.raises(KeyboardInterrupt):
+        run_tokenize(_cfg(clean, out, unit_size=12, task_size=4, batch_size=2))
+    monkeypatch.undo()
+    assert _records(out) == tasks_before_stop // 3 and not (out / "manifest.json").exists()
+    res = run_tokenize(_cfg(clean, out, unit_size=12, task_size=4, batch_size=2))
+    assert (res.units_skipped, res.units_run) == (tasks_before_stop // 3, 2 - tasks_before_stop // 3)
+    check_equal_to_reference(clean["src"], one_task, str(out))
+
+
+def test_auto_task_size_fits_the_crop_budget():
+    kw = dict(unit_size=12288, batch_size=32)
+    assert auto_task_size(image_size=32, n_views=1, **kw) == 12288  # 21,824 fit: capped at the unit
+    assert auto_task_size(image_size=256, n_views=1, **kw) == 320  # 341 fit (64 MiB / 192 KiB)
+    assert auto_task_size(image_size=256, n_views=2, **kw) == 160
+    assert auto_task_size(image_size=256, n_views=10, **kw) == 32  # 34 fit
+    assert auto_task_size(image_size=512, n_views=10, **kw) == 32  # 8 fit: at least one batch
+    assert auto_task_size(image_size=256, n_views=1, unit_size=100, batch_size=32) == 100  # at most the unit
+    assert auto_task_size(image_size=32, n_views=1, unit_size=8, batch_size=32) == 8
+    assert auto_task_size(image_size=256, n_views=1, budget=10 * 2**20, **kw) == 32  # 53 -> multiple of 32
+
+
+def test_plan_tasks_start_at_multiples_of_the_task_size():
+    assert plan_tasks(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert plan_tasks(8, 8) == [(0, 8)] and plan_tasks(3, 8) == [(0, 3)]
+    assert plan_tasks(0, 4) == [(0, 0)]
 
 
 @pytest.mark.integration
@@ -275,8 +354,8 @@ def test_verify_catches_a_corrupt_shard_and_cli_exit_codes(data, ref, tmp_path):
     n = len(read_manifest(ref["out"]).shards)
     assert f"verify: {n}/{n} shards (100%)" in r.stderr  # plain progress lines: stderr is not a terminal
     r = subprocess.run(mp + ["tokenize", data["src"], str(tmp_path / "o"), "--tokenizer", data["tok"],
-                             "--unit-size", "0"], capture_output=True, text=True)
-    assert r.returncode == 2 and "'--unit-size': 0 is not in the range x>=1" in r.stderr  # checked before Ray starts
+                             "--shard-size", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "'--shard-size': 0 is not in the range x>=1" in r.stderr  # checked before Ray starts
 
 
 @pytest.mark.integration

@@ -62,3 +62,12 @@ def test_an_empty_or_new_output_starts_a_run_and_a_rerun_must_match(tmp_path):
     _check_job(fs, root, {"images": 3, "unit_size": 8}, resume=True, out="new")  # same settings: resumable
     with pytest.raises(ConfigError, match=r"different \['unit_size'\]"):
         _check_job(fs, root, {"images": 3, "unit_size": 16}, resume=False, out="new")
+
+
+def test_a_run_from_before_tasks_resumes_as_one_task_per_unit(tmp_path):
+    """A job.json without task_size (each unit was one task) matches task_size == unit_size only."""
+    fs, root = url_to_fs(str(tmp_path / "old"))
+    _check_job(fs, root, {"images": 3, "unit_size": 8}, resume=False, out="old")
+    _check_job(fs, root, {"images": 3, "unit_size": 8, "task_size": 8}, resume=True, out="old")
+    with pytest.raises(ConfigError, match=r"different \['task_size'\]"):
+        _check_job(fs, root, {"images": 3, "unit_size": 8, "task_size": 4}, resume=True, out="old")

@@ -64,7 +64,7 @@ export PATH="{BIN}:$PATH" RAY_AUTH_MODE=disabled  # loopback-only throwaway clus
 # "No available agent to submit job"): retry only that refusal, for up to ~2 minutes
 for try in $(seq 40); do
   {ray} job submit --address http://127.0.0.1:{dash} --working-dir {REPO} -- \
-    python jobs/tokenize_imagenet.py {src} {out} --tokenizer {tok} --format both --unit-size 5 > submit.log 2>&1
+    python jobs/tokenize_imagenet.py {src} {out} --tokenizer {tok} --format both --shard-size 5 > submit.log 2>&1
   rc=$?
   grep -q "No available agent" submit.log || break
   sleep 3

@@ -7,7 +7,7 @@ import sys
 import click
 
 from tokenizer.preprocess import AUGMENTATIONS
-from pipeline.cli._options import NON_NEGATIVE_INT, POSITIVE_INT, check_dataset_path
+from pipeline.cli._options import NON_NEGATIVE_INT, POSITIVE_INT, Command, check_dataset_path, deprecated_option
 from pipeline.data.sources import LABEL_MAPS, LAYOUTS
 
 __all__ = ["register", "tokenize_cmd", "verify_cmd", "inspect_cmd"]
@@ -15,7 +15,7 @@ __all__ = ["register", "tokenize_cmd", "verify_cmd", "inspect_cmd"]
 _FORMATS = {"parquet": ("parquet",), "webdataset": ("webdataset",), "both": ("parquet", "webdataset")}
 
 
-@click.command("tokenize")
+@click.command("tokenize", cls=Command)
 @click.argument("source")
 @click.argument("dataset")
 @click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(exists=True, file_okay=False),
@@ -29,7 +29,11 @@ _FORMATS = {"parquet": ("parquet",), "webdataset": ("webdataset",), "both": ("pa
               help="Shard format(s) to write.")
 @click.option("--augment", "augment", multiple=True, type=click.Choice(AUGMENTATIONS),
               help="Also store these views (repeatable): hflip, tencrop (from a 1.1x resize).")
-@click.option("--unit-size", type=POSITIVE_INT, default=256, show_default=True, help="Images per work unit / shard.")
+@click.option("--shard-size", "unit_size", type=POSITIVE_INT, default=12288, show_default=True,
+              help="Images per shard (per format): the unit a rerun resumes from.")
+@deprecated_option("--unit-size", replaces="unit_size", use="--shard-size", type=POSITIVE_INT)
+@click.option("--task-size", type=POSITIVE_INT, default=None,
+              help="Images per Ray task (at most --shard-size); default: auto, ~64 MiB of decoded crops per task.")
 @click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True, help="Images per encoder forward pass.")
 @click.option("--search", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True,
               help="Nearest-code search backend (identical ids).")
@@ -41,10 +45,10 @@ _FORMATS = {"parquet": ("parquet",), "webdataset": ("webdataset",), "both": ("pa
 @click.option("--ray-address", default=None, help="Ray cluster to use (default: start a local one).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in DATASET (fail if there is none).")
 def tokenize_cmd(source, dataset, tokenizer_dir, layout, split, label_map, val_labels, fmt, augment, unit_size,
-                 batch_size, search, device, precision, num_encoders, ray_address, resume) -> None:
+                 task_size, batch_size, search, device, precision, num_encoders, ray_address, resume) -> None:
     """Tokenize the images of SOURCE into the token dataset DATASET (a folder: local path or s3://, gs://).
 
-    Exactly once: a rerun (or --resume) skips finished work units; manifest.json is written last.
+    Exactly once: a rerun (or --resume) skips finished shards; manifest.json is written last.
 
     \b
     Example:
@@ -56,7 +60,8 @@ def tokenize_cmd(source, dataset, tokenizer_dir, layout, split, label_map, val_l
 
     cfg = TokenizeConfig(source=source, out=dataset, tokenizer=tokenizer_dir, layout=layout, split=split,
                          label_map=label_map, val_labels=val_labels, formats=_FORMATS[fmt],
-                         augmentations=tuple(augment), unit_size=unit_size, batch_size=batch_size, search=search,
+                         augmentations=tuple(augment), unit_size=unit_size, task_size=task_size,
+                         batch_size=batch_size, search=search,
                          device=device, precision=precision, num_encoders=num_encoders, ray_address=ray_address,
                          resume=resume)
     with Progress("tokenize", unit="units") as bar:

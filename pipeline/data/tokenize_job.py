@@ -2,10 +2,21 @@
 
 Plan (a pure function of the source listing and the config)::
 
-    sorted listing ──split──▶ work units of ``unit_size`` images (unit i ⇒ shard name i)
-    Ray Data:  unit rows ─▶ read+decode+crop (CPU tasks) ─▶ encode+search (actor pool, GPU or CPU)
-    driver:    each encoded unit ─▶ shard file(s), written atomically ─▶ unit record (written last)
+    sorted listing ──split──▶ units of ``unit_size`` images (unit i ⇒ shard name i; the resume unit)
+                   ──split──▶ each unit into tasks of ``task_size`` images (one Ray Data row each)
+    Ray Data:  task rows ─▶ read+decode+crop (CPU tasks) ─▶ encode+search (actor pool, GPU or CPU)
+    driver:    a unit's encoded tasks, joined in task order once all have arrived
+               ─▶ shard file(s), written atomically ─▶ unit record (written last)
     end:       error report (JSONL key, reason) ─▶ manifest.json (written last of all)
+
+Units are large (12,288 images: three Parquet row groups; ImageNet train in 105 shards per format)
+and tasks small enough to keep a task's decoded crops near ``TASK_BYTES`` (``auto_task_size``).
+
+Driver memory: the listing, the compact task rows built from it, and the tasks of the *open* units
+(tokens, keys, labels: a few bytes per image, never crops). The pipeline keeps the row order
+(``preserve_order``), so tasks arrive unit by unit and one unit is open at a time; at most
+``write_threads`` finished units wait for or are in their writes (the reader's queue holds as many
+task rows). A kill loses the finished tasks of the open unit only; a rerun redoes that unit.
 
 Progress: as each unit is written the driver calls the ``progress`` callback and rewrites
 ``_tokenize/status.json`` (units and images done, images/s, ETA, state), so that another shell
@@ -14,8 +25,9 @@ can follow a long run (``cat OUT/_tokenize/status.json``).
 Exactly once: a unit is done when its record ``_tokenize/units/unit-XXXXX.json`` exists, and the
 record is written only after the unit's shards are durable. A rerun (or ``resume=True``) lists the
 source again, checks it is the same listing and the same settings (``_tokenize/job.json``), and
-only runs the units without a record. A unit's images are encoded in fixed chunks of
-``batch_size`` from the unit's start, so its tokens do not depend on which run encoded it.
+only runs the units without a record. Tasks start at multiples of ``task_size`` from the unit's
+start and each is encoded in fixed chunks of ``batch_size`` from its start, so a unit's tokens do
+not depend on which run encoded it (``task_size`` is in ``job.json``).
 Every listed image ends up in exactly one shard or in the error report with its reason.
 """
 from __future__ import annotations
@@ -33,21 +45,26 @@ from typing import Any, Callable
 from tokenizer.preprocess import AUGMENTATIONS, view_names
 from pipeline.data.shards import (FORMATS, Manifest, ShardInfo, TokenizerInfo, join, put_bytes_atomic, url_to_fs,
                                   write_manifest)
-from pipeline.data.tokenize_output import check_job, done_units, listing_fingerprint, write_unit
+from pipeline.data.tokenize_output import UnitAssembler, check_job, done_units, listing_fingerprint, write_unit
 from pipeline.data.tokenize_progress import JOB_DIR, STATUS_FILE, ProgressTracker, TokenizeProgress
-from pipeline.data.tokenize_stages import EncodeUnits, decode_unit, encoder_payload
+from pipeline.data.tokenize_stages import EncodeTasks, decode_task, encoder_payload, pack_items
 from pipeline.ray_session import ray_session
 from pipeline.data.sources import LABEL_MAPS, LAYOUTS, Listing, SourceItem, list_source
 from maskgit_core.errors import ConfigError, PipelineError
 
 __all__ = ["TokenizeConfig", "TokenizeResult", "TokenizeProgress", "ResourcePlan", "plan_resources", "plan_units",
-           "run_tokenize", "JOB_DIR", "ERRORS_FILE", "STATUS_FILE", "listing_fingerprint"]
+           "plan_tasks", "auto_task_size", "run_tokenize", "JOB_DIR", "ERRORS_FILE", "STATUS_FILE", "UNIT_SIZE",
+           "TASK_BYTES", "listing_fingerprint"]
 
 log = logging.getLogger(__name__)
 
 ERRORS_FILE = "errors.jsonl"
 RAY_RETRIES = 3
 """Retries of a Ray task or actor that died (e.g. killed for memory) before the job fails."""
+UNIT_SIZE = 3 * 4096
+"""Default images per unit (= per shard): three Parquet row groups (docs/SHARDS.md, "Why 12,288 images")."""
+TASK_BYTES = 64 * 2**20
+"""Decoded crops per task when ``task_size`` is auto: a task row's size in the object store."""
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 _END = object()  # the end of the Ray Data pipeline, in the driver's queue
@@ -75,8 +92,12 @@ class TokenizeConfig:
     """Shard formats to write: ``parquet``, ``webdataset`` or both."""
     augmentations: tuple[str, ...] = ()
     """Stored augmentations besides the centre crop: ``hflip``, ``tencrop``."""
-    unit_size: int = 256
-    """Images per work unit (= per shard). Part of the plan: a rerun must use the same value."""
+    unit_size: int = UNIT_SIZE
+    """Images per unit = per shard (``--shard-size``), the resume unit. Part of the plan: a rerun must
+    use the same value."""
+    task_size: int | None = None
+    """Images per Ray task (``--task-size``; at most ``unit_size``); None: ``auto_task_size``. Part of
+    the plan like ``unit_size``."""
     batch_size: int = 32
     """Images per encoder forward pass."""
     search: str = "auto"
@@ -109,6 +130,8 @@ class TokenizeConfig:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of {list(valid)}")
         if self.unit_size < 1 or self.batch_size < 1:
             raise ConfigError(f"unit_size ({self.unit_size}) and batch_size ({self.batch_size}) must be >= 1")
+        if self.task_size is not None and self.task_size < 1:
+            raise ConfigError(f"task_size must be >= 1 (or None for auto), got {self.task_size}")
         if self.num_encoders is not None and self.num_encoders < 1:
             raise ConfigError(f"num_encoders must be >= 1, got {self.num_encoders}")
 
@@ -124,9 +147,11 @@ class TokenizeResult:
     units_skipped: int
     seconds: float
     steady_images_per_s: float | None = None
-    """Images/s from the first encoded unit to the last (start-up excluded); None for < 3 units."""
+    """Images/s from the first encoded task to the last (start-up excluded); None for < 3 tasks."""
     encoder_images_per_s: float | None = None
     """Images/s inside the encoder actors (encode + search only), measured during this run."""
+    decode_images_per_s: float | None = None
+    """Listed images/s inside one decode task (read + decode + crop), measured during this run."""
 
 
 # ------------------------------------------------------------------ planning (pure)
@@ -170,6 +195,22 @@ def plan_units(items: list[SourceItem], unit_size: int) -> list[list[SourceItem]
     return [items[i:i + unit_size] for i in range(0, len(items), unit_size)]
 
 
+def plan_tasks(n_images: int, task_size: int) -> list[tuple[int, int]]:
+    """A unit of ``n_images`` as tasks: [start, stop) ranges starting at multiples of ``task_size``."""
+    return [(a, min(a + task_size, n_images)) for a in range(0, n_images, task_size)] or [(0, 0)]
+
+
+def auto_task_size(*, unit_size: int, batch_size: int, image_size: int, n_views: int,
+                   budget: int = TASK_BYTES) -> int:
+    """Images per task when none is given: as many as keep the decoded crops (``n_views x 3 x S x S``
+    bytes each) within ``budget``, rounded down to a multiple of ``batch_size``, at least
+    ``batch_size`` and at most ``unit_size``. With 64 MiB and batch 32: 32 px -> the whole unit,
+    256 px -> 320, 256 px with 10 views -> 32."""
+    per_image = n_views * 3 * image_size * image_size
+    fit = budget // per_image // batch_size * batch_size
+    return min(unit_size, max(batch_size, fit))
+
+
 def _tokenizer_info(model, augmentations: tuple[str, ...]) -> TokenizerInfo:
     sha = getattr(model, "weights_sha256", None)
     if not sha:
@@ -183,10 +224,11 @@ def _tokenizer_info(model, augmentations: tuple[str, ...]) -> TokenizerInfo:
                          latent_w=c.latent_size, image_size=c.image_size, augmentations=view_names(augmentations))
 
 
-def _job_spec(cfg: TokenizeConfig, info: TokenizerInfo, listing: Listing) -> dict[str, Any]:
+def _job_spec(cfg: TokenizeConfig, info: TokenizerInfo, listing: Listing, task_size: int) -> dict[str, Any]:
     return {"tokenizer": info.to_dict(), "source": {"uri": cfg.source, "layout": listing.layout,
                                                     "split": listing.split},
-            "label_map": cfg.label_map, "unit_size": cfg.unit_size, "formats": sorted(cfg.formats),
+            "label_map": cfg.label_map, "unit_size": cfg.unit_size, "task_size": task_size,
+            "formats": sorted(cfg.formats),
             "precision": cfg.precision,
             "listing_sha256": listing_fingerprint(listing), "images": len(listing.items)}
 
@@ -198,6 +240,7 @@ class _Plan:
     info: TokenizerInfo
     listing: Listing
     units: list[list[SourceItem]]
+    task_size: int
     fs: Any
     root: str
     records: dict[int, dict]
@@ -210,37 +253,49 @@ def _plan_run(cfg: TokenizeConfig, model) -> _Plan:
     listing = list_source(cfg.source, layout=cfg.layout, split=cfg.split, label_map=cfg.label_map,
                           val_labels=cfg.val_labels)
     units = plan_units(listing.items, cfg.unit_size)
-    log.info("%s: %d images (+%d listing errors) in %d units of %d", cfg.source, len(listing.items),
-             len(listing.errors), len(units), cfg.unit_size)
+    task_size = min(cfg.task_size or auto_task_size(unit_size=cfg.unit_size, batch_size=cfg.batch_size,
+                                                    image_size=info.image_size, n_views=info.n_aug), cfg.unit_size)
+    log.info("%s: %d images (+%d listing errors) in %d units of %d, tasks of %d", cfg.source, len(listing.items),
+             len(listing.errors), len(units), cfg.unit_size, task_size)
     fs, root = url_to_fs(cfg.out)
-    check_job(fs, root, _job_spec(cfg, info, listing), resume=cfg.resume, out=cfg.out)
+    check_job(fs, root, _job_spec(cfg, info, listing, task_size), resume=cfg.resume, out=cfg.out)
     records = done_units(fs, root, len(units))
     pending = [u for u in range(len(units)) if u not in records]
     log.info("%d units done already, %d to run", len(records), len(pending))
-    return _Plan(info, listing, units, fs, root, records, pending)
+    return _Plan(info, listing, units, task_size, fs, root, records, pending)
 
 
-def _unit_dataset(cfg: TokenizeConfig, plan: _Plan, model):
-    """The Ray Data pipeline over the pending units: decode tasks, then the encoder actor pool."""
+def _task_rows(plan: _Plan) -> list[dict[str, Any]]:
+    """One compact row per task of the pending units, unit by unit (``pack_items``)."""
+    rows = []
+    for u in plan.pending:
+        spans = plan_tasks(len(plan.units[u]), plan.task_size)
+        rows += [{"unit": u, "task": t, "tasks": len(spans), **pack_items(plan.units[u][a:b])}
+                 for t, (a, b) in enumerate(spans)]
+    return rows
+
+
+def _task_dataset(cfg: TokenizeConfig, plan: _Plan, model):
+    """The Ray Data pipeline over the pending units' tasks: decode tasks, then the encoder actor pool."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver reports per unit instead (progress callback)
-    ctx.execution_options.preserve_order = False
+    ctx.execution_options.preserve_order = True  # tasks arrive unit by unit: one unit open in the driver
     res = plan_resources(ray.cluster_resources(), device=cfg.device, num_encoders=cfg.num_encoders)
     log.info("resources: %s", res)
     info = plan.info
     payload_ref = ray.put(encoder_payload(model))
-    rows = [{"unit": u, "items": json.dumps([it.to_list() for it in plan.units[u]])} for u in plan.pending]
+    rows = _task_rows(plan)
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    # bounded retries (Ray Data retries a failed task or actor without limit by default): a unit whose
+    # bounded retries (Ray Data retries a failed task or actor without limit by default): a task whose
     # worker dies RAY_RETRIES + 1 times fails the job with the reason, and a rerun continues after it
-    ds = ds.map_batches(decode_unit, batch_size=1, batch_format="numpy", num_cpus=res.decode_cpus,
+    ds = ds.map_batches(decode_task, batch_size=1, batch_format="numpy", num_cpus=res.decode_cpus,
                         fn_kwargs={"image_size": info.image_size, "augmentations": cfg.augmentations},
                         max_retries=RAY_RETRIES)
     return ds.map_batches(
-        EncodeUnits, batch_size=1, batch_format="numpy",
+        EncodeTasks, batch_size=1, batch_format="numpy",
         compute=ActorPoolStrategy(min_size=1, max_size=res.num_encoders),
         num_cpus=res.encoder_cpus, num_gpus=res.encoder_gpus or None,
         max_restarts=RAY_RETRIES, max_task_retries=RAY_RETRIES,
@@ -284,14 +339,16 @@ class _PipelineReader:
 
 
 def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
-                 ) -> tuple[list[tuple[float, int]], list[tuple[int, float]]]:
-    """Write each encoded unit as it arrives (writer threads); record it and report progress as
-    each write finishes. The first failed write stops the job: no further unit is taken from the
-    pipeline or started, queued writes are dropped, and its ``StorageError`` is raised once the
-    writes already running have ended (each leaves its files whole or absent).
-    Returns (arrival time, images) and (images, encoder seconds) per unit."""
-    arrivals: list[tuple[float, int]] = []  # (time a unit came out of the encoder, its images)
-    encode_s: list[tuple[int, float]] = []  # (images, seconds inside the encoder actor) per unit
+                 ) -> tuple[list[tuple[float, int]], list[tuple[int, float, float]]]:
+    """Join each unit's encoded tasks as they arrive (``UnitAssembler``) and write each whole unit
+    (writer threads); record it and report progress as each write finishes. The first failed write
+    stops the job: no further task is taken from the pipeline or unit started, queued writes are
+    dropped, and its ``StorageError`` is raised once the writes already running have ended (each
+    leaves its files whole or absent). Returns (arrival time, listed images) and (images, encoder
+    seconds, decode seconds) per task."""
+    arrivals: list[tuple[float, int]] = []  # (time a task came out of the encoder, its images)
+    encode_s: list[tuple[int, float, float]] = []  # (images, encoder s, decode s) per task
+    assembler = UnitAssembler()
     failed: list[BaseException] = []  # set by the writer thread that failed first
 
     def on_done(f) -> None:
@@ -326,8 +383,11 @@ def _write_units(cfg: TokenizeConfig, plan: _Plan, ds, tracker: ProgressTracker
                     broken = row
                     break
                 arrivals.append((time.time(), int(row["n"]) + len(json.loads(row["errors"]))))
-                encode_s.append((int(row["n"]), float(row["encode_s"])))
-                f = pool.submit(write_unit, cfg.out, plan.fs, plan.root, row, plan.info, cfg.formats)
+                encode_s.append((int(row["n"]), float(row["encode_s"]), float(row["decode_s"])))
+                unit = assembler.add(row)
+                if unit is None:
+                    continue
+                f = pool.submit(write_unit, cfg.out, plan.fs, plan.root, unit, plan.info, cfg.formats)
                 f.add_done_callback(on_done)
                 futures.add(f)
                 futures = finish(futures, block=False)
@@ -372,20 +432,22 @@ def _write_manifest(cfg: TokenizeConfig, plan: _Plan) -> Manifest:
                 "image_count": len(listing.items) + len(listing.errors)},
         counts={"images": len(listing.items) + len(listing.errors), "samples": samples, "errors": len(errors)},
         error_report=ERRORS_FILE,
-        extra={"unit_size": cfg.unit_size, "label_map": cfg.label_map, "num_classes": len(listing.classes),
+        extra={"unit_size": cfg.unit_size, "task_size": plan.task_size, "label_map": cfg.label_map, "num_classes": len(listing.classes),
                "listing_sha256": listing_fingerprint(listing), "precision": cfg.precision, "search": cfg.search})
     write_manifest(cfg.out, manifest)
     return manifest
 
 
-def _throughput(arrivals: list[tuple[float, int]], encode_s: list[tuple[int, float]]
-                ) -> tuple[float | None, float | None]:
-    """(steady images/s from the first encoded unit to the last, images/s inside the encoders)."""
+def _throughput(arrivals: list[tuple[float, int]], encode_s: list[tuple[int, float, float]]
+                ) -> tuple[float | None, float | None, float | None]:
+    """(steady images/s from the first encoded task to the last, images/s inside the encoders,
+    listed images/s inside a decode task)."""
     steady = None
-    if len(arrivals) >= 3:  # throughput between the first and the last unit, without start-up
+    if len(arrivals) >= 3:  # throughput between the first and the last task, without start-up
         steady = sum(n for _, n in arrivals[1:]) / max(arrivals[-1][0] - arrivals[0][0], 1e-9)
-    enc_t = sum(t for _, t in encode_s)
-    return steady, (sum(n for n, _ in encode_s) / enc_t if enc_t else None)
+    enc_t, dec_t = sum(e for _, e, _ in encode_s), sum(d for _, _, d in encode_s)
+    enc = sum(n for n, _, _ in encode_s) / enc_t if enc_t else None
+    return steady, enc, (sum(n for _, n in arrivals) / dec_t if dec_t else None)
 
 
 def run_tokenize(cfg: TokenizeConfig, *, progress: Callable[[TokenizeProgress], None] | None = None
@@ -401,10 +463,10 @@ def run_tokenize(cfg: TokenizeConfig, *, progress: Callable[[TokenizeProgress], 
     plan = _plan_run(cfg, model)
     tracker = ProgressTracker(plan.fs, plan.root, units=plan.units, records=plan.records, callback=progress)
     arrivals: list[tuple[float, int]] = []
-    encode_s: list[tuple[int, float]] = []
+    encode_s: list[tuple[int, float, float]] = []
     if plan.pending:
         with ray_session(cfg.ray_address):
-            ds = _unit_dataset(cfg, plan, model)
+            ds = _task_dataset(cfg, plan, model)
             tracker.start()
             arrivals, encode_s = _write_units(cfg, plan, ds, tracker)
     if len(plan.records) != len(plan.units):
@@ -415,6 +477,6 @@ def run_tokenize(cfg: TokenizeConfig, *, progress: Callable[[TokenizeProgress], 
     dt = time.time() - t0
     log.info("wrote %s: %d samples, %d errors in %.1f s", cfg.out, manifest.counts["samples"],
              manifest.counts["errors"], dt)
-    steady, enc = _throughput(arrivals, encode_s)
+    steady, enc, dec = _throughput(arrivals, encode_s)
     n_units, n_run = len(plan.units), len(plan.pending)
-    return TokenizeResult(cfg.out, manifest, n_units, n_run, n_units - n_run, dt, steady, enc)
+    return TokenizeResult(cfg.out, manifest, n_units, n_run, n_units - n_run, dt, steady, enc, dec)

@@ -1,6 +1,7 @@
 """The tokenize job's output folder: what makes it the job's own (``_tokenize/job.json``), which work
-units are done (``_tokenize/units/unit-XXXXX.json``, written after the unit's shards), and the only
-files a run ever removes (its own dead temp files). No Ray here: the driver's bookkeeping."""
+units are done (``_tokenize/units/unit-XXXXX.json``, written after the unit's shards), the only
+files a run ever removes (its own dead temp files), and a unit's tasks joined into its shards.
+No Ray here: the driver's bookkeeping."""
 from __future__ import annotations
 
 import hashlib
@@ -8,6 +9,7 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,8 +19,10 @@ from pipeline.data.shards import (ShardRows, TokenizerInfo, join, put_bytes_atom
                                   write_webdataset_shard)
 from pipeline.data.sources import Listing
 from pipeline.data.tokenize_progress import JOB_DIR
+from pipeline.data.tokenize_stages import split_keys
 
-__all__ = ["listing_fingerprint", "unit_record_path", "check_job", "done_units", "write_unit"]
+__all__ = ["listing_fingerprint", "unit_record_path", "check_job", "done_units", "UnitResult", "UnitAssembler",
+           "write_unit"]
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +43,12 @@ def unit_record_path(unit: int) -> str:
 # ------------------------------------------------------------------ the driver
 
 def check_job(fs, root: str, spec: dict[str, Any], *, resume: bool, out: str) -> None:
+    """Write ``job.json`` for a new run; for an existing one, refuse any setting that differs."""
     path = join(root, f"{JOB_DIR}/job.json")
     if fs.exists(path):
         old = json.loads(fs.cat_file(path))
+        if "task_size" in spec and "unit_size" in old:
+            old.setdefault("task_size", old["unit_size"])  # runs before tasks: one task per unit
         diff = []
         for k in sorted(set(spec) | set(old)):
             a, b = spec.get(k), old.get(k)
@@ -110,19 +117,51 @@ def done_units(fs, root: str, n_units: int) -> dict[int, dict]:
     return done
 
 
-def write_unit(root: str, fs, fsroot: str, row: dict[str, Any], info: TokenizerInfo,
-                formats: tuple[str, ...]) -> dict:
-    unit = int(row["unit"])
-    keys, labels = json.loads(row["keys"]), json.loads(row["labels"])
-    n = int(row["n"])
-    tokens = np.frombuffer(row["tokens"], info.token_dtype).reshape(n, info.n_aug, info.latent_h, info.latent_w)
-    rows = ShardRows(keys, np.asarray(labels, np.int64), tokens)
+@dataclass
+class UnitResult:
+    """One unit's encoded images, its tasks joined in task order: what its shards hold."""
+
+    unit: int
+    keys: list[str]
+    labels: np.ndarray  # (N,) int64
+    tokens: bytes  # (N, n_aug, h, w) in the tokenizer's token dtype
+    errors: list  # [key, reason] of the images that could not be used, in listing order
+
+
+class UnitAssembler:
+    """Collects the encoded tasks of each unit (driver thread only) and hands out the unit once all
+    its tasks have arrived. Holds only the *open* units' tasks (some but not all arrived): keys,
+    labels, tokens and errors, a few bytes per image (no crops)."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, dict[int, dict[str, Any]]] = {}
+
+    def add(self, row: dict[str, Any]) -> UnitResult | None:
+        """Take one encoded task row; the whole unit when this was its last missing task."""
+        unit, task, tasks = int(row["unit"]), int(row["task"]), int(row["tasks"])
+        parts = self.open.setdefault(unit, {})
+        parts[task] = {k: row[k] for k in ("keys", "labels", "n", "errors", "tokens")}
+        if len(parts) < tasks:
+            return None
+        del self.open[unit]
+        done = [parts[t] for t in range(tasks)]
+        keys = [k for p in done for k in split_keys(str(p["keys"]), int(p["n"]))]
+        labels = np.concatenate([np.frombuffer(p["labels"], np.int64) for p in done])
+        errors = [e for p in done for e in json.loads(p["errors"])]
+        return UnitResult(unit, keys, labels, b"".join(p["tokens"] for p in done), errors)
+
+
+def write_unit(root: str, fs, fsroot: str, res: UnitResult, info: TokenizerInfo, formats: tuple[str, ...]) -> dict:
+    """The unit's shard(s), then its record (written last); returns the record."""
+    n = len(res.keys)
+    tokens = np.frombuffer(res.tokens, info.token_dtype).reshape(n, info.n_aug, info.latent_h, info.latent_w)
+    rows = ShardRows(res.keys, res.labels, tokens)
     shards = []
     for fmt in sorted(formats):
         writer = write_parquet_shard if fmt == "parquet" else write_webdataset_shard
-        shards.append(writer(root, unit, rows, info).to_dict())
-    rec = {"unit": unit, "samples": n, "shards": shards, "errors": json.loads(row["errors"])}
-    put_bytes_atomic(fs, join(fsroot, unit_record_path(unit)), json.dumps(rec).encode())  # written last
+        shards.append(writer(root, res.unit, rows, info).to_dict())
+    rec = {"unit": res.unit, "samples": n, "shards": shards, "errors": res.errors}
+    put_bytes_atomic(fs, join(fsroot, unit_record_path(res.unit)), json.dumps(rec).encode())  # written last
     return rec
 
 

@@ -1,5 +1,9 @@
 """The Ray Data stages of the tokenize job (``pipeline.data.tokenize_job``): read + decode + crop
-a unit's images (CPU tasks), and encode them to token ids (an actor pool, GPU or CPU)."""
+a task's images (CPU tasks), and encode them to token ids (an actor pool, GPU or CPU).
+
+A row is one *task*: ``task_size`` consecutive images of a unit. Rows are columnar and compact
+(``pack_items``): the keys and locations of a task's images as one NUL-joined string each (NUL is in
+no file or tar member name), labels, offsets and sizes as int64 bytes; no per-image JSON."""
 from __future__ import annotations
 
 import json
@@ -12,42 +16,80 @@ from tokenizer.preprocess import DecodeError, preprocess_bytes
 from pipeline.data.sources import ItemReader, SourceItem
 from maskgit_core.errors import ConfigError
 
-__all__ = ["decode_unit", "build_encoder", "encoder_payload", "EncodeUnits"]
+__all__ = ["pack_items", "unpack_items", "join_keys", "split_keys", "decode_task", "build_encoder",
+           "encoder_payload", "EncodeTasks"]
+
+_SEP = "\0"
+_PASS = ("unit", "task", "tasks")  # the task's place in the plan, passed through both stages
 
 
-def decode_unit(batch: dict[str, np.ndarray], *, image_size: int, augmentations: tuple[str, ...],
+def join_keys(keys: list[str]) -> str:
+    return _SEP.join(keys)
+
+
+def split_keys(s: str, n: int) -> list[str]:
+    """The ``n`` keys of ``join_keys`` (``n`` tells an empty list from one empty key)."""
+    return s.split(_SEP) if n else []
+
+
+def pack_items(items: list[SourceItem]) -> dict[str, Any]:
+    """A task's items as the compact columns of its row."""
+    return {"n_items": len(items), "keys": join_keys([it.key for it in items]),
+            "locs": join_keys([it.loc for it in items]),
+            "ints": np.asarray([(it.label, it.offset, it.size) for it in items], np.int64).tobytes()}
+
+
+def unpack_items(row: dict[str, Any]) -> list[SourceItem]:
+    n = int(row["n_items"])
+    ints = np.frombuffer(row["ints"], np.int64).reshape(n, 3).tolist()
+    return [SourceItem(k, lab, loc, off, size) for k, loc, (lab, off, size)
+            in zip(split_keys(str(row["keys"]), n), split_keys(str(row["locs"]), n), ints)]
+
+
+def _decode_items(reader: ItemReader, items: list[SourceItem], *, image_size: int,
+                  augmentations: tuple[str, ...]) -> tuple[list[str], list[int], list[np.ndarray], list]:
+    """(keys, labels, views (V, 3, S, S) each, [key, reason] errors) of the items, in order."""
+    keys, labels, views, errors = [], [], [], []
+    for item in items:
+        try:
+            data = reader.read(item)
+            views.append(preprocess_bytes(data, image_size, augmentations))  # (V, 3, S, S)
+            keys.append(item.key)
+            labels.append(item.label)
+        except DecodeError as e:
+            errors.append([item.key, str(e)])
+        except OSError as e:
+            errors.append([item.key, f"cannot read file ({type(e).__name__}: {e.strerror or e})"])
+        except Exception as e:  # noqa: BLE001 - one bad image must not fail (and retry) the whole task
+            errors.append([item.key, f"cannot process image ({type(e).__name__}: {e})"])
+    return keys, labels, views, errors
+
+
+def decode_task(batch: dict[str, np.ndarray], *, image_size: int, augmentations: tuple[str, ...],
                 storage_options: dict | None = None) -> dict[str, np.ndarray]:
-    """Ray map_batches fn (batch of one unit row): read + decode + crop every image of the unit."""
+    """Ray map_batches fn (batch of task rows): read + decode + crop every image of each task."""
     reader = ItemReader(**(storage_options or {}))
-    out: dict[str, list] = {"unit": [], "keys": [], "labels": [], "images": [], "n": [], "errors": []}
+    out: dict[str, list] = {k: [] for k in (*_PASS, "keys", "labels", "images", "n", "errors", "decode_s")}
     try:
-        for unit, items_json in zip(batch["unit"], batch["items"]):
-            keys, labels, views, errors = [], [], [], []
-            for v in json.loads(items_json):
-                item = SourceItem.from_list(v)
-                try:
-                    data = reader.read(item)
-                    views.append(preprocess_bytes(data, image_size, augmentations))  # (V, 3, S, S)
-                    keys.append(item.key)
-                    labels.append(item.label)
-                except DecodeError as e:
-                    errors.append([item.key, str(e)])
-                except OSError as e:
-                    errors.append([item.key, f"cannot read file ({type(e).__name__}: {e.strerror or e})"])
-                except Exception as e:  # noqa: BLE001 - one bad image must not fail (and retry) the whole unit
-                    errors.append([item.key, f"cannot process image ({type(e).__name__}: {e})"])
+        for i in range(len(batch["unit"])):
+            t = time.perf_counter()
+            row = {k: batch[k][i] for k in ("n_items", "keys", "locs", "ints")}
+            keys, labels, views, errors = _decode_items(reader, unpack_items(row), image_size=image_size,
+                                                        augmentations=augmentations)
             images = np.stack(views) if views else np.zeros((0,), np.uint8)  # (N, V, 3, S, S)
-            out["unit"].append(int(unit))
-            out["keys"].append(json.dumps(keys))
-            out["labels"].append(json.dumps(labels))
+            for k in _PASS:
+                out[k].append(int(batch[k][i]))
+            out["keys"].append(join_keys(keys))
+            out["labels"].append(np.asarray(labels, np.int64).tobytes())
             out["images"].append(images.tobytes())
             out["n"].append(len(keys))
             out["errors"].append(json.dumps(errors))
+            out["decode_s"].append(time.perf_counter() - t)
     finally:
         reader.close()
-    return {"unit": np.asarray(out["unit"], np.int64), "keys": np.asarray(out["keys"], dtype=object),
-            "labels": np.asarray(out["labels"], dtype=object), "images": np.asarray(out["images"], dtype=object),
-            "n": np.asarray(out["n"], np.int64), "errors": np.asarray(out["errors"], dtype=object)}
+    return {**{k: np.asarray(out[k], np.int64) for k in (*_PASS, "n")},
+            **{k: np.asarray(out[k], dtype=object) for k in ("keys", "labels", "images", "errors")},
+            "decode_s": np.asarray(out["decode_s"], np.float64)}
 
 
 def build_encoder(payload: dict[str, Any], *, device: str):
@@ -69,8 +111,9 @@ def encoder_payload(model) -> dict[str, Any]:
     return {"config": model.config.to_dict(), "state": state}
 
 
-class EncodeUnits:
-    """Ray actor (map_batches callable class): encodes each unit in fixed chunks of ``batch_size``."""
+class EncodeTasks:
+    """Ray actor (map_batches callable class): encodes each task in fixed chunks of ``batch_size``
+    from its first image, so that its tokens do not depend on which run or actor encoded it."""
 
     def __init__(self, payload_ref: list, *, device: str, precision: str, batch_size: int, search: str,
                  torch_threads: int, image_size: int, n_views: int, latent: int, token_dtype: str):
@@ -115,6 +158,5 @@ class EncodeUnits:
             t = time.perf_counter()
             tokens.append(self.encode(arr).tobytes())
             seconds.append(time.perf_counter() - t)
-        return {"unit": batch["unit"], "keys": batch["keys"], "labels": batch["labels"], "n": batch["n"],
-                "errors": batch["errors"], "tokens": np.asarray(tokens, dtype=object),
-                "encode_s": np.asarray(seconds, np.float64)}
+        return {**{k: batch[k] for k in (*_PASS, "keys", "labels", "n", "errors", "decode_s")},
+                "tokens": np.asarray(tokens, dtype=object), "encode_s": np.asarray(seconds, np.float64)}
