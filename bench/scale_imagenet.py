@@ -477,13 +477,14 @@ def main(argv: list[str] | None = None) -> int:
             out = tokens / split
             cmd = _cli("tokenize", src, out, "--tokenizer", tok, "--split", split, "--format", fmt, *extra)
             m = run_measured(cmd, log=logs / f"tokenize_{split}.log")
-            n = a.images if split == "train" else a.val
-            r[split] = {**m, "images_per_s": round(n / m["seconds"], 1), **_shards(out)}
+            sh = _shards(out)
+            r[split] = {**m, "images_per_s": round((sh["samples"] + sh["errors"]) / m["seconds"], 1), **sh}
             status = out / "_tokenize" / "status.json"
             if status.is_file():
                 r[split]["status"] = json.loads(status.read_text())
         r["seconds"] = round(r["train"]["seconds"] + r["val"]["seconds"], 1)
-        r["images_per_s"] = round((a.images + a.val) / r["seconds"], 1)
+        n = sum(r[s]["samples"] + r[s]["errors"] for s in ("train", "val"))
+        r["images_per_s"] = round(n / r["seconds"], 1)
         return r
 
     def verify() -> dict:

@@ -182,6 +182,11 @@ class VQGAN(nn.Module):
 
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, D, h, w)
         self._check_images(images)
+        if images.device.type == "cpu" and not torch.is_grad_enabled():
+            # oneDNN's channels-last convolutions: the 32 px demo encoder went from 704 to 876 images/s
+            # on one core of the 2-core box (batch 32); every inference caller takes this path, so the
+            # ids the tokenize job writes stay those of ``encode``
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.encoder(images)
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
