@@ -380,9 +380,11 @@ def test_inspect_report(data, ref, tmp_path):
 
 
 def test_plan_resources_never_takes_all_cpus():
-    p = plan_resources({"CPU": 2.0})
-    assert p.device == "cpu" and p.num_encoders == 1 and p.torch_threads == 2
-    assert p.encoder_cpus + p.decode_cpus < 2.0  # room for a decode task beside the actor
+    p = plan_resources({"CPU": 2.0})  # small encoders scale badly over threads: one 1-thread actor per CPU
+    assert p.device == "cpu" and p.num_encoders == 2 and p.torch_threads == 1
+    assert p.num_encoders * p.encoder_cpus + p.decode_cpus < 2.0  # room for a decode task beside the actors
+    big = plan_resources({"CPU": 16.0})
+    assert big.num_encoders == 8 and big.torch_threads == 2 and 8 * big.encoder_cpus + big.decode_cpus < 16
     g = plan_resources({"CPU": 16.0, "GPU": 2.0})
     assert g.device == "cuda" and g.num_encoders == 2 and g.encoder_gpus == 1.0 and g.decode_cpus == 1.0
     assert 2 * g.encoder_cpus < 16
