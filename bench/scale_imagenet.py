@@ -20,6 +20,8 @@ Stages (``--stages``, all by default; each is timed, its peak RSS recorded):
              only read: every sample exactly once across ranks; row groups decoded and files open
   decode     row groups and samples a rank decodes in one epoch at W = 1, 8, 64 (ranks 0 and W-1,
              in this process): the partitioned order's ~1/W
+  mixing     distinct classes per global step (256 and 2,048 samples) over the first 40 steps, for
+             the default order (partitions=64) and the unpartitioned one (partitions=1)
   resume     a stream resumed at a random mid-epoch sample (W and W/2 ranks) continues the
              uninterrupted sequence, reading only the row groups it needs
   train      a few real steps of `maskgit-pipeline train` (deepspeed launcher, 2 CPU ranks)
@@ -50,7 +52,8 @@ sys.path.insert(0, str(REPO))
 
 BIN = Path(sys.executable).parent
 IMAGENET_TRAIN, IMAGENET_CLASSES, IMAGENET_VAL = 1_281_167, 1000, 50_000
-STAGES = ("source", "listing", "tokenizer", "tokenize", "verify", "inspect", "stream", "decode", "resume", "train")
+STAGES = ("source", "listing", "tokenizer", "tokenize", "verify", "inspect", "stream", "decode", "mixing", "resume",
+          "train")
 
 
 # ---------------------------------------------------------------- the source
@@ -358,6 +361,21 @@ def measure_decode(data: Path, *, worlds: tuple[int, ...], global_batch: int, co
     return {"global_batch": global_batch, "ranks": rows}
 
 
+def measure_mixing(data: Path, *, codebook: int, latent: int, steps: int = 40) -> dict:
+    """How many classes a global step holds: the shuffle quality of the order over sorted shards."""
+    from pipeline.data.stream import StreamConfig, TokenStream
+
+    res = {}
+    for parts in (64, 1):
+        for gb in (256, 2048):
+            ds = TokenStream(StreamConfig(data=str(data), batch_size=gb, seed=0, partitions=parts),
+                             codebook_size=codebook, latent_size=latent, num_batches=steps)
+            n = [len(np.unique(b["labels"].numpy())) for b in ds]
+            res[f"partitions={parts},global_batch={gb}"] = {"mean_classes": round(float(np.mean(n)), 1),
+                                                           "min_classes": int(min(n))}
+    return res
+
+
 def measure_resume(data: Path, *, world: int, batch: int, codebook: int, latent: int, seed: int) -> dict:
     """Resume at a random mid-epoch step on ``world`` and ``world // 2`` ranks: the next steps'
     samples equal the uninterrupted run's, and the first batch reads only the row groups it needs."""
@@ -512,6 +530,10 @@ def main(argv: list[str] | None = None) -> int:
         k, lat = _grid()
         return measure_decode(tokens / "train", worlds=(1, 8, 64), global_batch=64 * a.batch, codebook=k, latent=lat)
 
+    def mixing() -> dict:
+        k, lat = _grid()
+        return measure_mixing(tokens / "train", codebook=k, latent=lat)
+
     def resume() -> dict:
         k, lat = _grid()
         return measure_resume(tokens / "train", world=a.world, batch=a.batch, codebook=k, latent=lat, seed=7)
@@ -533,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work / "run")
     for name, fn in (("source", source), ("listing", listing), ("tokenizer", train_tokenizer),
                      ("tokenize", tokenize), ("verify", verify), ("inspect", inspect), ("stream", stream),
-                     ("decode", decode), ("resume", resume), ("train", train)):
+                     ("decode", decode), ("mixing", mixing), ("resume", resume), ("train", train)):
         stage(name, fn)
     print(f"wrote {out_json}")
     return 0
