@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         over = json.dumps({"codebook_size": k, "latent_size": lat, "num_classes": ncls + 1})
         cmd = _cli("train", tokens / "train", "--out", work / "run", "--nproc", 2, "--resume", "none",
                    "--config", REPO / "jobs" / "train_debug.json", f"steps={a.train_steps}", "save_every=1000",
-                   f"model_overrides={over}", "block_size=4096", "shuffle_buffer=16384")
+                   f"model_overrides={over}", "block_size=4096", "shuffle_buffer=65536")
         m = run_measured(cmd, log=logs / "train.log")
         rows = [json.loads(ln) for ln in (work / "run" / "metrics.jsonl").read_text().splitlines()]
         return {**m, "steps": len(rows), "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"]}

@@ -217,7 +217,7 @@ class StreamConfig:
     """Order seed; the order is a pure function of (seed, epoch)."""
     block_size: int = 4096
     """Rows per block (permuted within a shard); best a multiple of the Parquet row group."""
-    shuffle_buffer: int = 16384
+    shuffle_buffer: int = 65536
     """Samples held in shuffle windows at once, over all parts (each part's window: ceil(this / partitions))."""
     partitions: int = 64
     """Parts of the epoch's block sequence, interleaved sample by sample; a world size that divides it

@@ -66,7 +66,7 @@ class TrainConfig:
     """DataLoader worker processes per rank."""
     block_size: int = 4096
     """Stream block size (rows)."""
-    shuffle_buffer: int = 16384
+    shuffle_buffer: int = 65536
     """Stream shuffle window (samples held in the windows of all parts together)."""
     partitions: int = 64
     """Stream parts interleaved sample by sample; a world size dividing it reads 1/W of the data per rank."""
