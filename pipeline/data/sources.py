@@ -67,9 +67,10 @@ _WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 VAL_LABEL_FILES = ("LOC_val_solution.csv",)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceItem:
-    """One source image: its unique key, its label, and where its bytes are."""
+    """One source image: its unique key, its label, and where its bytes are. (Slots: a listing holds
+    1.28M of them for ImageNet train; without a per-item ``__dict__`` that is ~100 B less each.)"""
 
     key: str
     label: int
