@@ -299,8 +299,7 @@ def _stream_cls():
     class CountingStream(TokenStream):
         def batch_at(self, positions):
             b = super().batch_at(positions)
-            b["stats"] = torch.tensor([getattr(self, "units_decoded", -1), getattr(self, "samples_decoded", -1),
-                                       getattr(self, "peak_open_files", len(self._files)), os.getpid()])
+            b["stats"] = torch.tensor([self.units_decoded, self.samples_decoded, self.peak_open_files, os.getpid()])
             return b
 
     return CountingStream
