@@ -41,9 +41,9 @@ def cli(verbose: int) -> None:
 
 
 # --- each area keeps its commands in its own module of this package
-from pipeline.cli import convert, data, demo, generate, sample_set, studio, train  # noqa: E402
+from pipeline.cli import convert, data, demo, evaluate, generate, sample_set, studio, train  # noqa: E402
 
-for _area in (data, train, generate, sample_set, demo, convert, studio):
+for _area in (data, train, generate, evaluate, sample_set, demo, convert, studio):
     _area.register(cli)
 
 

@@ -1,7 +1,6 @@
-"""CLI for generation, editing and evaluation: ``sample``, ``edit replace|inpaint|outpaint``, ``eval``."""
+"""CLI for generation, editing and evaluation: ``sample``, ``edit replace|inpaint|outpaint`` (``eval`` is in ``evaluate.py``)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -269,72 +268,6 @@ def outpaint_cmd(checkpoint, tokenizer_dir, image, label, decode_steps, seed, sc
                               seed=seed, stride=stride, feather=feather), out)
 
 
-@click.command("eval")
-@click.option("--generated", required=True, type=click.Path(exists=True),
-              help="Generated images: .npz (images/arr_0 + labels) from `sample --npz`, or a PNG folder.")
-@click.option("--reference", required=True, type=click.Path(exists=True),
-              help="Real images (.npz or folder) or reference statistics .npz (mu, sigma[, features]).")
-@click.option("--classifier", "classifier_dir", default=None, type=click.Path(file_okay=False),
-              help="Proxy feature classifier directory (trained with --train-classifier).")
-@click.option("--inception", "inception_path", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Local FID InceptionV3 weights (pt_inception-2015-12-05-*.pth) instead of the proxy.")
-@click.option("--train-classifier", is_flag=True,
-              help="Train the proxy classifier on the labelled --reference images and save it to --classifier.")
-@click.option("--epochs", type=POSITIVE_INT, default=10, show_default=True, help="Classifier training epochs.")
-@click.option("--save-reference", type=click.Path(dir_okay=False), default=None,
-              help="Write the reference statistics (.npz) for later runs.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write metrics as JSON.")
-def eval_cmd(generated, reference, classifier_dir, inception_path, train_classifier, epochs, save_reference,
-             json_out) -> None:
-    """FID, IS, k-NN precision/recall and classifier accuracy on generated images (CAS), with proxy features.
-
-    \b
-    Example:
-      maskgit-pipeline eval --generated gen.npz --reference val.npz --classifier clf/ --train-classifier
-    """
-    from pipeline import evaluation as ev
-
-    if (classifier_dir is None) == (inception_path is None):
-        raise ConfigError("pass exactly one feature extractor: --classifier DIR (the project's proxy) or "
-                          "--inception FILE (local FID InceptionV3 weights)")
-    ref_imgs, ref_labels, ref_stats = None, None, None
-    ref_path = Path(reference)
-    if ref_path.is_file():
-        ref = ev.load_reference(ref_path)
-        ref_imgs, ref_labels = ref.get("images"), ref.get("labels")
-        ref_stats = ref if "mu" in ref else None
-    else:
-        ref_imgs, ref_labels = ev.load_image_set(ref_path)
-    if inception_path:
-        from pipeline.evaluation.inception import load_inception
-
-        if train_classifier:
-            raise ConfigError("--train-classifier trains the proxy; it does not apply with --inception")
-        clf = load_inception(inception_path)
-    elif train_classifier:
-        if ref_imgs is None or ref_labels is None:
-            raise ConfigError("--train-classifier needs labelled real images in --reference (an .npz with images "
-                              "and labels, or a folder with labels.txt)")
-        clf = ev.train_feature_classifier(ref_imgs, ref_labels, epochs=epochs)
-        ev.save_classifier(clf, classifier_dir)
-        click.echo(f"trained proxy classifier {clf.name} -> {classifier_dir}")
-    else:
-        clf = ev.load_classifier(classifier_dir)
-    gen_imgs, gen_labels = ev.load_image_set(generated)
-    if ref_imgs is not None and (ref_stats is None or "features" not in ref_stats):
-        ref_stats = ev.reference_stats(ref_imgs, clf)
-    if save_reference:
-        ev.save_reference(ref_stats, save_reference)
-    m = ev.compute_metrics(gen_imgs, classifier=clf, gen_labels=gen_labels, ref_stats=ref_stats)
-    for key, val in m.items():
-        click.echo(f"{key}: {val:.4f}" if isinstance(val, float) else f"{key}: {val}")
-    if not inception_path:
-        click.echo("note: features are a project-trained proxy, not InceptionV3; not comparable with published FIDs")
-    if json_out:
-        Path(json_out).write_text(json.dumps(m, indent=2))
-
-
 def register(cli: click.Group) -> None:
     cli.add_command(sample_cmd)
     cli.add_command(edit_group)
-    cli.add_command(eval_cmd)

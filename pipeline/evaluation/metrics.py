@@ -48,13 +48,22 @@ def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
     return frechet_distance(*feature_stats(real), *feature_stats(fake))
 
 
-def inception_score(probs: np.ndarray, *, splits: int = 1) -> tuple[float, float]:
-    """probs (N, C) rows summing to 1 -> (mean, std) of exp(E KL(p(y|x) || p(y))) over ``splits``."""
+def inception_score(probs: np.ndarray, *, splits: int = 1, shuffle_seed: int | None = None) -> tuple[float, float]:
+    """probs (N, C) rows summing to 1 -> (mean, std) of exp(E KL(p(y|x) || p(y))) over ``splits``
+    parts ``[i N // splits, (i + 1) N // splits)``. ``shuffle_seed``: permute the rows first with
+    ``np.random.RandomState(seed)`` (torch-fidelity's convention, seed 2020) - needed when the set is
+    ordered by class (a sample set is), or each split would see a tenth of the classes."""
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or not np.allclose(p.sum(1), 1.0, atol=1e-4):
         raise ConfigError(f"probs must be (N, C) with rows summing to 1, got shape {p.shape}")
+    if splits < 1 or p.shape[0] < splits:
+        raise ConfigError(f"the Inception Score needs at least one image per split: {p.shape[0]} images, {splits} splits")
+    if shuffle_seed is not None:
+        p = p[np.random.RandomState(shuffle_seed).permutation(p.shape[0])]
+    n = p.shape[0]
     scores = []
-    for part in np.array_split(p, splits):
+    for i in range(splits):
+        part = p[i * n // splits:(i + 1) * n // splits]
         py = part.mean(0, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             kl = np.where(part > 0, part * (np.log(part) - np.log(py)), 0.0).sum(1)
@@ -62,28 +71,48 @@ def inception_score(probs: np.ndarray, *, splits: int = 1) -> tuple[float, float
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def _cdist(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    return torch.cat([torch.cdist(a[i:i + chunk], b) for i in range(0, a.shape[0], chunk)])
+CHUNK = 2048
+"""Rows per block of the k-NN distance computations: memory is CHUNK x N distances, never N x N."""
 
 
-def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
-    """Distance of each point to its k-th nearest other point of the same set. (N,) float64."""
-    f = torch.as_tensor(np.asarray(features, dtype=np.float64))
+def _as_tensor(x: np.ndarray, device: str) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float32)).to(device)
+
+
+def _kth_radii(f: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+    out = []
+    for i in range(0, f.shape[0], chunk):
+        d = torch.cdist(f[i:i + chunk], f)  # (c, N); each point is its own 0-th neighbour
+        out.append(d.topk(k + 1, dim=1, largest=False).values[:, k])
+    return torch.cat(out)
+
+
+def knn_radii(features: np.ndarray, k: int, *, device: str = "cpu", chunk: int = CHUNK) -> np.ndarray:
+    """Distance of each point to its k-th nearest other point of the same set. (N,) float32;
+    computed in blocks of ``chunk`` rows (memory chunk x N)."""
+    f = _as_tensor(features, device)
     if f.shape[0] <= k:
         raise ConfigError(f"need more than k={k} points for k-NN radii, got {f.shape[0]}")
-    d = _cdist(f, f)  # (N, N), self at distance 0 is the 0-th neighbour
-    return torch.kthvalue(d, k + 1, dim=1).values.numpy()
+    return _kth_radii(f, k, chunk).cpu().numpy()
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, *, k: int = 3) -> tuple[float, float]:
-    """k-NN manifold precision (fake inside the real manifold) and recall (real inside the fake one)."""
-    r = np.asarray(real, dtype=np.float64)
-    g = np.asarray(fake, dtype=np.float64)
-    rr, rg = knn_radii(r, k), knn_radii(g, k)
-    d = _cdist(torch.as_tensor(g), torch.as_tensor(r)).numpy()  # (Nf, Nr)
-    precision = float((d <= rr[None, :]).any(1).mean())
-    recall = float((d.T <= rg[None, :]).any(1).mean())
-    return precision, recall
+def precision_recall(real: np.ndarray, fake: np.ndarray, *, k: int = 3, device: str = "cpu",
+                     chunk: int = CHUNK) -> tuple[float, float]:
+    """k-NN manifold precision (fake inside the real manifold) and recall (real inside the fake one),
+    Kynkaanniemi et al. 2019, on all rows of both sets; float32 distances in blocks of ``chunk`` rows,
+    so 50k x 50k needs ~chunk x 50k x 4 B at a time (and three N^2 x D passes of compute)."""
+    r, g = _as_tensor(real, device), _as_tensor(fake, device)
+    for name, x in (("real", r), ("generated", g)):
+        if x.shape[0] <= k:
+            raise ConfigError(f"need more than k={k} {name} points for precision/recall, got {x.shape[0]}")
+    rr, rg = _kth_radii(r, k, chunk), _kth_radii(g, k, chunk)
+    inside_real = torch.zeros(g.shape[0], dtype=torch.bool, device=r.device)
+    real_covered = torch.zeros(r.shape[0], dtype=torch.bool, device=r.device)
+    for i in range(0, g.shape[0], chunk):
+        d = torch.cdist(g[i:i + chunk], r)  # (c, Nr)
+        inside_real[i:i + chunk] = (d <= rr[None, :]).any(1)
+        real_covered |= (d <= rg[i:i + chunk, None]).any(0)
+    return float(inside_real.float().mean()), float(real_covered.float().mean())
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
