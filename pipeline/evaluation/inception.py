@@ -184,6 +184,9 @@ def load_inception(path: str | os.PathLike) -> FIDInceptionV3:
     state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
     model = FIDInceptionV3()
     own = model.state_dict()
+    # BatchNorm's batch counter is unused in eval; files saved without it (as torch's own loader
+    # allows for them) get ours.
+    state = {**{k: v for k, v in own.items() if k.endswith(".num_batches_tracked")}, **state}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
