@@ -182,6 +182,20 @@ def test_inception_loads_only_a_local_state_dict(tmp_path):
         load_inception(tmp_path / "absent.pth")
 
 
+def test_inception_weights_without_batchnorm_counters_load(tmp_path):
+    """BatchNorm's batch counter is unused in eval (torch's own loader lets a file omit it); a weights
+    file saved without it is still the model, with the same outputs."""
+    from pipeline.evaluation.inception import FIDInceptionV3, load_inception
+
+    torch.manual_seed(0)
+    net = FIDInceptionV3().eval()
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "no-counters.pth")
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(load_inception(tmp_path / "no-counters.pth")(images), net(images), atol=0, rtol=0)
+
+
 def test_cli_eval_needs_one_extractor(tmp_path):
     from click.testing import CliRunner
 

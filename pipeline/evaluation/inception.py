@@ -7,7 +7,19 @@ dict in torchvision ``Inception3`` key names, 1008 classes, no AuxLogits). It is
 Differences from torchvision's Inception3 that FID depends on: average pools inside the blocks do
 not count padding, and the last block (Mixed_7c) pools with max instead of average.
 Input: images in [0, 1], resized to 299x299 (bilinear), scaled to [-1, 1]. Output: (pool3 features
-(B, 2048), logits (B, 1008)).
+(B, 2048), logits (B, 1008)). The logits are in the TF graph's class order, not ImageNet-1k's:
+``pipeline.evaluation.labels`` maps them to a dataset's labels.
+
+Which reference's numbers these are: pytorch-fid 0.3.0's. Its preprocessing is the one here
+(``F.interpolate`` bilinear, ``align_corners=False``, then ``2x - 1``), and with the same weights
+our pool3 features and logits equal its ``InceptionV3`` / ``fid_inception_v3()`` outputs bit for
+bit on CPU (tests/test_inception_parity.py, random weights, inputs at 256x256 and 64x80).
+torch-fidelity 0.4.0 has the same network (fed its preprocessed input, ours gives its features
+and logits exactly) but other preprocessing: it takes uint8 images, resizes them the TF1 way
+(``interpolate_bilinear_2d_like_tensorflow1x``, sampling at ``dst * in / out``, no half-pixel
+offset) and scales by ``(x - 128) / 128`` instead of ``x / 127.5 - 1``. With random weights that
+moved pool3 features by 0.3 % (299x299 input, scaling alone) to 0.8 % (64x80 input) in relative
+norm, so FIDs from the two tools are close but not interchangeable: compare numbers from one tool.
 """
 from __future__ import annotations
 
@@ -184,6 +196,9 @@ def load_inception(path: str | os.PathLike) -> FIDInceptionV3:
     state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
     model = FIDInceptionV3()
     own = model.state_dict()
+    # BatchNorm's batch counter is unused in eval; files saved without it (as torch's own loader
+    # allows for them) get ours.
+    state = {**{k: v for k, v in own.items() if k.endswith(".num_batches_tracked")}, **state}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
