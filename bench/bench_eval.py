@@ -60,7 +60,7 @@ def rate(work: Path, n: int, batch_size: int) -> list[dict]:
     np.savez(work / "rate.npz", images=_images(n, seed=1))
     s = NpzImages(str(work / "rate.npz"))
     torch.manual_seed(0)
-    clf = train_feature_classifier(_images(64, 2), np.arange(64) % 4, epochs=1)
+    clf = train_feature_classifier(_images(64, 2), np.arange(64) % 4, epochs=1, image_size=32)
     out = []
     for name, model in (("inception-v3-fid (random weights)", FIDInceptionV3().eval()), ("proxy 32 px", clf)):
         model = model.to(dev)
@@ -80,7 +80,8 @@ def memory(work: Path, n: int, n_ref: int, shard_size: int) -> dict:
     _write_set(work / "gen", n, shard_size)
     np.savez(work / "ref.npz", images=_images(n_ref, seed=10_000))
     torch.manual_seed(0)
-    save_classifier(train_feature_classifier(_images(256, 3), np.arange(256) % 8, epochs=1), work / "clf")
+    save_classifier(train_feature_classifier(_images(256, 3), np.arange(256) % 8, epochs=1, image_size=32),
+                    work / "clf")
     made = time.perf_counter() - t0
     cmd = [str(Path(sys.executable).parent / "maskgit-pipeline"), "eval", "--generated", str(work / "gen"),
            "--reference", str(work / "ref.npz"), "--classifier", str(work / "clf"), "--device", "cpu",

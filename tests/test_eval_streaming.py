@@ -17,7 +17,7 @@ from pipeline.evaluation.evaluate import evaluate_sets, metrics_from_features
 from pipeline.evaluation.extraction import extract_set, extractor_spec
 from pipeline.evaluation.image_sets import NpzImages, open_image_set
 from tokenize_data import add_bad_file, make_imagenet_tree
-from tokenize_fixtures import s3  # noqa: F401 - the loopback S3 server fixture
+from tokenize_fixtures import s3  # noqa: F401,F811 - the loopback S3 server fixture
 
 
 def _images(n: int, seed: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -269,3 +269,37 @@ def test_features_as_ray_tasks_equal_in_process(tmp_path, clf_dir):
     assert src_ray["labels"].tolist() == src_local["labels"].tolist()
     assert sorted(p.name for p in (tmp_path / "w1").iterdir()) == [
         "features.json", "unit-00000.npz", "unit-00001.npz", "unit-00002.npz"]
+
+
+def test_cli_cas_with_the_inception_needs_its_label_map(tmp_path):
+    """`eval --inception`: without a label map CAS is not computed and the output says why; with the
+    label map (pbtxt) CAS scores the columns of the dataset's labels, as computed by hand here."""
+    from pipeline.evaluation.inception import FIDInceptionV3, load_inception
+    from pipeline.evaluation.labels import imagenet1k_synsets
+    from pipeline.evaluation.metrics import topk_accuracy
+
+    torch.manual_seed(0)
+    torch.save(FIDInceptionV3().state_dict(), tmp_path / "inc.pth")
+    cols = 1 + np.random.default_rng(0).permutation(1000)  # synset of label i sits at column cols[i]
+    (tmp_path / "map.pbtxt").write_text("".join(
+        f'entry {{\n  target_class: {c}\n  target_class_string: "{s}"\n}}\n'
+        for s, c in zip(imagenet1k_synsets(), cols)))
+    gen, _ = _images(6, seed=12, size=32)
+    gl = np.array([0, 1, 2, 500, 998, 999])
+    np.savez(tmp_path / "gen.npz", images=gen, labels=gl)
+    np.savez(tmp_path / "real.npz", images=_images(6, seed=13, size=32)[0])
+    base = ["eval", "--generated", str(tmp_path / "gen.npz"), "--reference", str(tmp_path / "real.npz"),
+            "--inception", str(tmp_path / "inc.pth"), "--device", "cpu", "--is-splits", "2"]
+    r = CliRunner().invoke(cli, base + ["--json", str(tmp_path / "a.json")])
+    assert r.exit_code == 0, r.output
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert "cas_top1" not in a and "--inception-label-map" in a["cas_note"] and a["is_splits"] == 2
+    r = CliRunner().invoke(cli, base + ["--inception-label-map", str(tmp_path / "map.pbtxt"),
+                                        "--json", str(tmp_path / "b.json")])
+    assert r.exit_code == 0, r.output
+    b = json.loads((tmp_path / "b.json").read_text())
+    with torch.no_grad():
+        _, logits = load_inception(tmp_path / "inc.pth")(torch.from_numpy(gen).permute(0, 3, 1, 2).float() / 255)
+    expect = topk_accuracy(logits.numpy()[:, cols], gl, 5)
+    assert b["cas_top5"] == pytest.approx(expect) and "cas_note" not in b
+    assert b["fid"] == pytest.approx(a["fid"]) and b["feature_extractor"].startswith("inception-v3-fid:")

@@ -10,9 +10,7 @@ run the same torch ops in the same order). Inputs at 256x256 and 64x80 cover the
 """
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -21,42 +19,13 @@ import torch.nn.functional as F
 
 from pipeline.evaluation.inception import FIDInceptionV3, load_inception
 from pipeline.evaluation.metrics import feature_stats, frechet_distance
+from torchvision_shim import import_torchvision
 
 # float32 through ~95 layers: allow round-off; observed difference is exactly 0 on CPU.
 ATOL, RTOL = 1e-5, 1e-5
 
 
-_torchvision_ops: torch.library.Library | None = None  # kept alive: the schemas live as long as it
-
-
-def _import_torchvision() -> None:
-    """Import torchvision, also where its compiled ops cannot load.
-
-    PyPI's torchvision wheels are built against CUDA torch; beside the CPU build of torch their
-    ``_C`` extension does not load, and ``import torchvision`` then fails in its fake-kernel
-    registrations ('operator torchvision::nms does not exist'). pytorch-fid needs only torchvision's
-    pure-Python Inception3 blocks, so declare the two operator schemas it registers against
-    (without kernels) and import again. Where ``_C`` loads, the first import succeeds and this
-    does nothing; where torchvision is absent, the importorskip below says so.
-    """
-    global _torchvision_ops
-    try:
-        importlib.import_module("torchvision")
-        return
-    except ImportError:
-        return
-    except RuntimeError as e:
-        if "torchvision::" not in str(e):
-            raise
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-        del sys.modules[name]
-    _torchvision_ops = torch.library.Library("torchvision", "DEF")
-    for op in ("nms", "qnms"):
-        _torchvision_ops.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    importlib.import_module("torchvision")
-
-
-_import_torchvision()
+import_torchvision()
 pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception",
                                              reason="pytorch-fid and torchvision come with the dev extra")
 from pytorch_fid.fid_score import calculate_frechet_distance  # noqa: E402

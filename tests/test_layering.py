@@ -59,8 +59,14 @@ RULES = [
                                                              "to_uint8")))),
     ("pipeline.generate", ("pipeline.train", "pipeline.demo", "pipeline.cli", "pipeline.data", "deepspeed")),
     ("pipeline.train", ("pipeline.generate", "pipeline.demo", "pipeline.cli", "ray")),
-    ("pipeline.evaluation", ("pipeline.data", "pipeline.train", "pipeline.generate", "pipeline.demo",
-                             "pipeline.cli", "tokenizer", "transformer")),
+    # evaluation reads the sources the tokenize job reads (storage, sources, the ADM crop), nothing else
+    # of data or of the models
+    ("pipeline.evaluation", ("pipeline.train", "pipeline.generate", "pipeline.demo", "pipeline.cli", "transformer",
+                             *(f"pipeline.data.{m}" for m in ("shards", "stream", "synthetic", "tokenize_job",
+                                                               "tokenize_output", "tokenize_progress",
+                                                               "tokenize_stages", "verify", "inspect")),
+                             *(f"tokenizer.{m}" for m in ("config", "faiss_search", "model", "official", "search",
+                                                           "train")))),
     ("pipeline.demo", ("pipeline.cli",)),
     # the studio serves generate's functions; it never trains, and only its CLI verb knows about it
     ("pipeline.studio", ("pipeline.cli", "pipeline.train", "pipeline.data", "deepspeed", "ray")),
