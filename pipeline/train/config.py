@@ -17,7 +17,7 @@ import transformer
 from transformer.objectives import ObjectiveConfig
 from maskgit_core.errors import ConfigError
 
-__all__ = ["TrainConfig", "load_train_config", "parse_overrides", "lr_factor", "LR_SCHEDULES"]
+__all__ = ["TrainConfig", "load_train_config", "parse_overrides", "lr_factor", "LR_SCHEDULES", "ds_batch_sizes"]
 
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -135,6 +135,32 @@ def load_train_config(path: str | None, overrides: dict[str, Any]) -> TrainConfi
     except TypeError as e:  # e.g. steps="ten": the comparison in __post_init__ fails
         raise ConfigError(f"training config has a value of the wrong type ({e}); see docs/TRAIN.md for each key's "
                           "type") from None
+
+
+def ds_batch_sizes(ds_config: dict[str, Any], world: int) -> tuple[int, int, int]:
+    """(micro-batch per rank, gradient accumulation, global batch) of a DeepSpeed config on ``world`` ranks.
+
+    A config that states ``train_batch_size`` (the recipes in jobs/imagenet256/ do) is written for one
+    world size: it must equal micro x accumulation x world, else this raises before DeepSpeed starts,
+    naming the world size the config is for. Without it the global batch is micro x accumulation x world.
+    """
+    micro = int(ds_config.get("train_micro_batch_size_per_gpu", 8))
+    accum = int(ds_config.get("gradient_accumulation_steps", 1))
+    if micro <= 0 or accum <= 0:
+        raise ConfigError(f"the DeepSpeed config's train_micro_batch_size_per_gpu ({micro}) and "
+                          f"gradient_accumulation_steps ({accum}) must be positive")
+    batch = micro * accum * world
+    declared = ds_config.get("train_batch_size")
+    if declared is not None and int(declared) != batch:
+        per = micro * accum
+        meant = (f"the config is written for {int(declared) // per} ranks: run it on {int(declared) // per}, or "
+                 if int(declared) % per == 0 else "")
+        raise ConfigError(
+            f"the DeepSpeed config's train_batch_size {declared} is not train_micro_batch_size_per_gpu {micro} x "
+            f"gradient_accumulation_steps {accum} x {world} ranks = {batch}; {meant}choose the micro-batch and "
+            f"the accumulation so that micro x accumulation x {world} = {declared} (the ImageNet recipe ships "
+            "configs for 1, 8 and 16 GPUs: docs/TRAIN.md)")
+    return micro, accum, batch
 
 
 def lr_factor(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float = 0.0) -> float:

@@ -34,7 +34,7 @@ from transformer.objectives import compute_objective
 from pipeline.data.stream import StreamConfig, TokenStream
 from pipeline.train.checkpoint import (COMPLETE, check_loadable_safely, commit_tag, find_resume, prune,
                                        resolve_resume, settings_difference, tag_name, temp_tag)
-from pipeline.train.config import TrainConfig, lr_factor
+from pipeline.train.config import TrainConfig, ds_batch_sizes, lr_factor
 from pipeline.train.export import export_checkpoint
 from maskgit_core.errors import CheckpointError, ConfigError
 
@@ -116,9 +116,7 @@ def _build_engine(cfg: TrainConfig, ds_config: dict[str, Any], *, world: int) ->
     ds = dict(ds_config)
     if cfg.universal:
         ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
-    micro = int(ds.get("train_micro_batch_size_per_gpu", 8))
-    accum = int(ds.get("gradient_accumulation_steps", 1))
-    ds["train_batch_size"] = micro * accum * world
+    micro, accum, ds["train_batch_size"] = ds_batch_sizes(ds, world)
     zero_stage = int(ds.get("zero_optimization", {}).get("stage", 0))
     if cfg.ema_decay and zero_stage >= 3:
         raise ConfigError("ema_decay needs full parameters on every rank: use ZeRO stage 0-2 (ds_config_zero2.json)")
