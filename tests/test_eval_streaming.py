@@ -303,3 +303,34 @@ def test_cli_cas_with_the_inception_needs_its_label_map(tmp_path):
     expect = topk_accuracy(logits.numpy()[:, cols], gl, 5)
     assert b["cas_top5"] == pytest.approx(expect) and "cas_note" not in b
     assert b["fid"] == pytest.approx(a["fid"]) and b["feature_extractor"].startswith("inception-v3-fid:")
+
+
+def test_reference_from_tar_of_tars_equals_the_folder(tmp_path, clf_dir):
+    """The original tar-of-tars, read in place, gives the same reference features as the folder tree."""
+    import io
+    import tarfile
+
+    from pipeline.evaluation.evaluate import build_reference
+    from tokenize_data import WNIDS
+
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    make_imagenet_tree(tmp_path / "src", per_class=3)
+    with tarfile.open(tmp_path / "ILSVRC2012_img_train.tar", "w") as outer:
+        for wnid in WNIDS:
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as inner:
+                for f in sorted((tmp_path / "src" / "train" / wnid).iterdir()):
+                    add(inner, f.name, f.read_bytes())
+            add(outer, f"{wnid}.tar", buf.getvalue())
+    spec = extractor_spec(classifier=str(clf_dir))
+    a = build_reference(open_image_set(str(tmp_path / "src" / "train"), source_size=16), spec, tmp_path / "a.npz",
+                        device="cpu")
+    b = build_reference(open_image_set(str(tmp_path / "ILSVRC2012_img_train.tar"), source_size=16), spec,
+                        tmp_path / "b.npz", device="cpu")
+    assert a["kind"] == b["kind"] == "source" and a["num_images"] == b["num_images"] == 9
+    with np.load(tmp_path / "a.npz") as za, np.load(tmp_path / "b.npz") as zb:
+        assert np.array_equal(za["features"], zb["features"]) and np.allclose(za["mu"], zb["mu"])

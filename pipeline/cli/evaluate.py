@@ -107,7 +107,7 @@ def eval_group(ctx, generated, reference, classifier_dir, inception_path, batch_
                       work_dir=work_dir, ray_address=ray_address, batch_size=batch_size, device=device,
                       image_size=reference_size, save_reference=save_reference, progress=_progress("features"))
     for key, val in m.items():
-        click.echo(f"{key}: {val:.4f}" if isinstance(val, float) else f"{key}: {val}")
+        click.echo(f"{key}: {val:.6g}" if isinstance(val, float) else f"{key}: {val}")
     if not inception_path:
         click.echo("note: features are a project-trained proxy, not InceptionV3; not comparable with published FIDs")
     if json_out:

@@ -122,6 +122,9 @@ def metrics_from_features(gen: dict, ref: dict, *, k: int = 3, is_splits: int = 
     if ref.get("feature_name") and ref["feature_name"] != gen["feature_name"]:
         log.warning("reference statistics come from %s, generated features from %s", ref["feature_name"],
                     gen["feature_name"])
+    if gf.shape[0] <= gf.shape[1]:
+        log.warning("FID from %d generated images of %d-d features: the covariance is singular and the FID biased "
+                    "upwards; the paper's protocol uses 50,000", gf.shape[0], gf.shape[1])
     mu, sigma = feature_stats(gf)
     out: dict[str, Any] = {"feature_extractor": gen["feature_name"], "n_generated": int(gf.shape[0]),
                            "n_reference": int(ref["features"].shape[0]) if "features" in ref else ref.get("n"),
