@@ -34,18 +34,22 @@ _FORMATS = {"parquet": ("parquet",), "webdataset": ("webdataset",), "both": ("pa
 @deprecated_option("--unit-size", replaces="unit_size", use="--shard-size", type=POSITIVE_INT)
 @click.option("--task-size", type=POSITIVE_INT, default=None,
               help="Images per Ray task (at most --shard-size); default: auto, ~64 MiB of decoded crops per task.")
-@click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True, help="Images per encoder forward pass.")
+@click.option("--batch-size", type=POSITIVE_INT, default=None,
+              help="Images per encoder forward pass (default: 32 on CPU encoders, 64 on GPU encoders).")
 @click.option("--search", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True,
               help="Nearest-code search backend (identical ids).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Encoder device; auto uses GPU actors when the cluster has GPUs.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="Encoder precision.")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32", show_default=True,
+              help="Encoder precision (docs/TOKENIZE.md: token agreement of each with fp32).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the encoder in each actor (falls back to eager with a warning).")
 @click.option("--num-encoders", type=POSITIVE_INT, default=None, help="Encoder actors (default: one per GPU).")
 @click.option("--ray-address", default=None, help="Ray cluster to use (default: start a local one).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in DATASET (fail if there is none).")
 def tokenize_cmd(source, dataset, tokenizer_dir, layout, split, label_map, val_labels, fmt, augment, unit_size,
-                 task_size, batch_size, search, device, precision, num_encoders, ray_address, resume) -> None:
+                 task_size, batch_size, search, device, precision, compile_, num_encoders, ray_address,
+                 resume) -> None:
     """Tokenize the images of SOURCE into the token dataset DATASET (a folder: local path or s3://, gs://).
 
     Exactly once: a rerun (or --resume) skips finished shards; manifest.json is written last.
@@ -62,7 +66,8 @@ def tokenize_cmd(source, dataset, tokenizer_dir, layout, split, label_map, val_l
                          label_map=label_map, val_labels=val_labels, formats=_FORMATS[fmt],
                          augmentations=tuple(augment), unit_size=unit_size, task_size=task_size,
                          batch_size=batch_size, search=search,
-                         device=device, precision=precision, num_encoders=num_encoders, ray_address=ray_address,
+                         device=device, precision=precision, compile=compile_, num_encoders=num_encoders,
+                         ray_address=ray_address,
                          resume=resume)
     with Progress("tokenize", unit="units") as bar:
         r = run_tokenize(cfg, progress=lambda p: bar.update(

@@ -66,7 +66,7 @@ UNIT_SIZE = 3 * 4096
 TASK_BYTES = 64 * 2**20
 """Decoded crops per task when ``task_size`` is auto: a task row's size in the object store."""
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 _END = object()  # the end of the Ray Data pipeline, in the driver's queue
 
 
@@ -98,14 +98,18 @@ class TokenizeConfig:
     task_size: int | None = None
     """Images per Ray task (``--task-size``; at most ``unit_size``); None: ``auto_task_size``. Part of
     the plan like ``unit_size``."""
-    batch_size: int = 32
-    """Images per encoder forward pass."""
+    batch_size: int | None = None
+    """Images per encoder forward pass; None: 32 on CPU encoders, 64 on GPU encoders (tasks are sized
+    in multiples of 32 either way: 320 images at 256 px = 5 GPU chunks, none padded)."""
     search: str = "auto"
     """Nearest-code backend: ``auto``, ``faiss`` or ``torch``."""
     device: str = "auto"
     """Encoder device: ``auto`` (GPU actors where the cluster has GPUs), ``cpu`` or ``cuda``."""
     precision: str = "fp32"
-    """Encoder precision: ``fp32`` or ``bf16`` (autocast; the search always runs in float32)."""
+    """Encoder precision: ``fp32`` (TF32 off on CUDA), ``tf32`` or ``bf16`` (autocast); the search always
+    runs in float32 (``EncodeTasks``). Recorded in the job record and the manifest."""
+    compile: bool = False
+    """``torch.compile`` the encoder in each actor (fixed shapes; falls back to eager with a warning)."""
     num_encoders: int | None = None
     """Encoder actors; default: one per GPU, or on CPU clusters one per 2 CPUs (2 threads each; one per
     CPU below 4 CPUs)."""
@@ -129,7 +133,7 @@ class TokenizeConfig:
                                    ("device", self.device, DEVICES), ("precision", self.precision, PRECISIONS)):
             if value not in valid:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of {list(valid)}")
-        if self.unit_size < 1 or self.batch_size < 1:
+        if self.unit_size < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise ConfigError(f"unit_size ({self.unit_size}) and batch_size ({self.batch_size}) must be >= 1")
         if self.task_size is not None and self.task_size < 1:
             raise ConfigError(f"task_size must be >= 1 (or None for auto), got {self.task_size}")
@@ -256,7 +260,7 @@ def _plan_run(cfg: TokenizeConfig, model) -> _Plan:
     listing = list_source(cfg.source, layout=cfg.layout, split=cfg.split, label_map=cfg.label_map,
                           val_labels=cfg.val_labels)
     units = plan_units(listing.items, cfg.unit_size)
-    task_size = min(cfg.task_size or auto_task_size(unit_size=cfg.unit_size, batch_size=cfg.batch_size,
+    task_size = min(cfg.task_size or auto_task_size(unit_size=cfg.unit_size, batch_size=cfg.batch_size or 32,
                                                     image_size=info.image_size, n_views=info.n_aug), cfg.unit_size)
     log.info("%s: %d images (+%d listing errors) in %d units of %d, tasks of %d", cfg.source, len(listing.items),
              len(listing.errors), len(units), cfg.unit_size, task_size)
@@ -303,8 +307,9 @@ def _task_dataset(cfg: TokenizeConfig, plan: _Plan, model):
         num_cpus=res.encoder_cpus, num_gpus=res.encoder_gpus or None,
         max_restarts=RAY_RETRIES, max_task_retries=RAY_RETRIES,
         fn_constructor_args=([payload_ref],),
-        fn_constructor_kwargs=dict(device=res.device, precision=cfg.precision, batch_size=cfg.batch_size,
-                                   search=cfg.search, torch_threads=res.torch_threads,
+        fn_constructor_kwargs=dict(device=res.device, precision=cfg.precision,
+                                   batch_size=cfg.batch_size or (64 if res.device == "cuda" else 32),
+                                   compile=cfg.compile, search=cfg.search, torch_threads=res.torch_threads,
                                    image_size=info.image_size, n_views=info.n_aug,
                                    latent=info.latent_h, token_dtype=info.token_dtype.name))
 

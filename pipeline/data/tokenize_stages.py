@@ -6,7 +6,9 @@ A row is one *task*: ``task_size`` consecutive images of a unit. Rows are column
 no file or tar member name), labels, offsets and sizes as int64 bytes; no per-image JSON."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
 from typing import Any
 
@@ -18,6 +20,8 @@ from maskgit_core.errors import ConfigError
 
 __all__ = ["pack_items", "unpack_items", "join_keys", "split_keys", "decode_task", "build_encoder",
            "encoder_payload", "EncodeTasks"]
+
+log = logging.getLogger(__name__)
 
 _SEP = "\0"
 _PASS = ("unit", "task", "tasks")  # the task's place in the plan, passed through both stages
@@ -113,25 +117,60 @@ def encoder_payload(model) -> dict[str, Any]:
 
 class EncodeTasks:
     """Ray actor (map_batches callable class): encodes each task in fixed chunks of ``batch_size``
-    from its first image, so that its tokens do not depend on which run or actor encoded it."""
+    from its first image, so that its tokens do not depend on which run or actor encoded it.
+
+    Precision: ``fp32`` (on CUDA with TF32 off for matmuls and convolutions: PyTorch allows TF32 in
+    cuDNN convolutions by default), ``tf32`` (TF32 allowed; the same as fp32 on a CPU), ``bf16``
+    (autocast); the nearest-code search always runs in float32. ``compile``: ``torch.compile`` the
+    encoder with fixed shapes (a short last chunk is padded to ``batch_size``); where compiling or the
+    compiled call fails the actor logs a warning and encodes eagerly. On CUDA a chunk goes to the
+    device from pinned memory with a non-blocking copy, as uint8, and becomes float there."""
 
     def __init__(self, payload_ref: list, *, device: str, precision: str, batch_size: int, search: str,
-                 torch_threads: int, image_size: int, n_views: int, latent: int, token_dtype: str):
+                 torch_threads: int, image_size: int, n_views: int, latent: int, token_dtype: str,
+                 compile: bool = False):
         import ray
         import torch
 
         from tokenizer.faiss_search import make_search
 
         torch.set_num_threads(torch_threads)
-        payload = ray.get(payload_ref[0])
+        payload = payload_ref[0]  # an object ref in the job; the payload itself in tests
+        if isinstance(payload, ray.ObjectRef):
+            payload = ray.get(payload)
         self.torch = torch
         self.device = device
+        self.cuda = torch.device(device).type == "cuda"
+        if self.cuda:
+            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = precision == "tf32"
+            torch.backends.cudnn.benchmark = True  # one chunk shape per run: pick the fastest kernels once
         self.model = build_encoder(payload, device=device)
         k = self.model.config.codebook_size
         self.model.set_search(make_search(search, device=device, codebook_size=k, num_threads=torch_threads))
         self.precision, self.batch_size = precision, batch_size
         self.shape = (n_views, 3, image_size, image_size)
         self.latent, self.token_dtype = latent, np.dtype(token_dtype)
+        self.compiled = bool(compile)
+        self._encode_latents = (torch.compile(self.model.encode_latents, dynamic=False) if compile
+                                else self.model.encode_latents)
+
+    def _latents(self, x):
+        torch = self.torch
+        ctx = (torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
+               if self.precision == "bf16" else contextlib.nullcontext())
+        try:
+            with ctx:
+                return self._encode_latents(x)
+        except Exception as e:  # noqa: BLE001 - a compiler failure must not fail the job: encode eagerly
+            if not self.compiled:
+                raise
+            log.warning("torch.compile of the encoder failed (%s: %s); encoding without it", type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else "")
+            self.compiled = False
+            self._encode_latents = self.model.encode_latents
+            with ctx:
+                return self._encode_latents(x)
 
     def encode(self, images: np.ndarray) -> np.ndarray:  # (N, V, 3, S, S) uint8 -> (N, V, h, w)
         torch = self.torch
@@ -140,12 +179,14 @@ class EncodeTasks:
         out = []
         with torch.inference_mode():
             for i in range(0, flat.shape[0], self.batch_size):
-                x = torch.from_numpy(flat[i:i + self.batch_size]).to(self.device).float().div_(255.0)
-                if self.precision == "bf16":
-                    with torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16):
-                        z = self.model.encode_latents(x)
-                else:
-                    z = self.model.encode_latents(x)
+                u8 = torch.from_numpy(np.ascontiguousarray(flat[i:i + self.batch_size]))
+                b = u8.shape[0]
+                if self.compiled and b < self.batch_size:  # one shape for the compiled graph
+                    u8 = torch.cat([u8, u8.new_zeros((self.batch_size - b, *u8.shape[1:]))])
+                if self.cuda:
+                    u8 = u8.pin_memory().to(self.device, non_blocking=True)
+                x = u8.float().div_(255.0)
+                z = self._latents(x)[:b]
                 out.append(self.model.quantizer.ids(z.float()).cpu().numpy())  # (b, h, w)
         ids = np.concatenate(out) if out else np.zeros((0, self.latent, self.latent), np.int64)
         return ids.reshape(n, self.shape[0], self.latent, self.latent).astype(self.token_dtype)
