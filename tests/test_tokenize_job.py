@@ -22,7 +22,8 @@ from tokenizer.preprocess import preprocess_bytes
 from pipeline.data.shards import read_manifest, read_shard
 from pipeline.data.sources import ItemReader, list_source
 from pipeline.data import tokenize_job
-from pipeline.data.tokenize_job import (JOB_DIR, STATUS_FILE, TokenizeConfig, auto_task_size, plan_resources,
+from pipeline.data.tokenize_job import (JOB_DIR, STATUS_FILE, TokenizeConfig, auto_task_size, load_tokenizer,
+                                        plan_resources,
                                         plan_tasks, plan_units, run_tokenize)
 from pipeline.data.tokenize_output import UnitAssembler
 from pipeline.data.verify import read_error_report, verify_dataset
@@ -325,9 +326,15 @@ def test_s3_tar_of_tars_in_and_out_with_hflip(data, ray_address, s3, tmp_path):
             o.add(inner, arcname=inner.name)
     fs.put(str(outer), "tok-bucket/imagenet/ILSVRC2012_img_train.tar")
     src, out = "s3://tok-bucket/imagenet/ILSVRC2012_img_train.tar", "s3://tok-bucket/tokens"
-    res = run_tokenize(TokenizeConfig(source=src, out=out, tokenizer=data["tok"], augmentations=("hflip",),
+    # the tokenizer from the bucket too (a parent holding tokenizer/), as a `ray job submit` run reads it
+    fs.put(data["tok"], "tok-bucket/ckpt/tokenizer", recursive=True)
+    with pytest.raises(ValueError, match="no tokenizer checkpoint here"):
+        load_tokenizer("s3://tok-bucket/nothing")
+    res = run_tokenize(TokenizeConfig(source=src, out=out, tokenizer="s3://tok-bucket/ckpt", augmentations=("hflip",),
                                       unit_size=4, batch_size=BATCH, search="faiss"))
     assert res.manifest.source["layout"] == "tar-of-tars" and res.manifest.counts["samples"] == 10
+    local_sha = json.loads((Path(data["tok"]) / "config.json").read_text())["weights_sha256"]
+    assert res.manifest.tokenizer.checkpoint_sha256 == local_sha
     rep = verify_dataset(out, source=src)
     assert rep.ok, rep.problems
     m = read_manifest(out)

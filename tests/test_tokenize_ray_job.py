@@ -18,6 +18,11 @@ import tokenizer
 from pipeline.data.verify import verify_dataset
 from pipeline.train.launcher import free_port
 from tokenize_data import make_imagenet_tree
+from tokenize_fixtures import S3_ENV, s3  # noqa: F401,F811 - the loopback S3 server fixture
+
+RUNTIME_EXCLUDES = ("/ckpt/", "/demo-out/", "/runs/", "*.safetensors", "*.pth", "*.msgpack")
+"""What docs/TOKENIZE.md's `ray job submit` keeps out of the uploaded working directory (Ray caps it
+at 512 MiB; the official256 checkpoints alone are ~0.9 GB): checkpoints and run outputs."""
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -45,13 +50,22 @@ def test_ray_cluster_yaml_matches_rays_schema():
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
                     reason="needs root + unshare to give `ray stop` a private process namespace")
 @pytest.mark.integration
-def test_ray_start_job_submit_stop(tmp_path):
-    """The real cluster cycle. `ray stop` kills Ray processes by name on the whole machine, so the
-    cycle runs in its own PID namespace (unshare): it stops this test's cluster and nothing else."""
+def test_ray_start_job_submit_stop(tmp_path, s3):
+    """The real cluster cycle, as docs/TOKENIZE.md runs it: the tokenizer read from the bucket (the
+    loopback S3 server) and checkpoints/outputs excluded from the uploaded working directory. `ray stop`
+    kills Ray processes by name on the whole machine, so the cycle runs in its own PID namespace
+    (unshare): it stops this test's cluster and nothing else."""
+    import fsspec
+
     src, out, tok = tmp_path / "src", tmp_path / "out", tmp_path / "tok"
     make_imagenet_tree(src, per_class=4)
     torch.manual_seed(0)
     tokenizer.save(tokenizer.build("debug"), tok)
+    fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": s3})
+    fs.mkdir("rj-bucket")
+    fs.put(str(tok), "rj-bucket/ckpt/tokenizer", recursive=True)
+    runtime_env = json.dumps({"excludes": list(RUNTIME_EXCLUDES),
+                              "env_vars": {"AWS_ENDPOINT_URL": s3, **S3_ENV}})
     port, dash = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: AF_UNIX socket paths are <= 107 bytes
     ray = BIN / "ray"
@@ -63,8 +77,9 @@ export PATH="{BIN}:$PATH" RAY_AUTH_MODE=disabled  # loopback-only throwaway clus
 # the head's job agent can come up after `ray start` returns (seen on a loaded machine:
 # "No available agent to submit job"): retry only that refusal, for up to ~2 minutes
 for try in $(seq 40); do
-  {ray} job submit --address http://127.0.0.1:{dash} --working-dir {REPO} -- \
-    python jobs/tokenize_imagenet.py {src} {out} --tokenizer {tok} --format both --shard-size 5 > submit.log 2>&1
+  {ray} job submit --address http://127.0.0.1:{dash} --working-dir {REPO} --runtime-env-json '{runtime_env}' -- \
+    python jobs/tokenize_imagenet.py {src} {out} --tokenizer s3://rj-bucket/ckpt/tokenizer --format both \
+    --shard-size 5 > submit.log 2>&1
   rc=$?
   grep -q "No available agent" submit.log || break
   sleep 3
@@ -79,6 +94,6 @@ exit $rc
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "succeeded" in r.stdout
+    assert "succeeded" in r.stdout and "copied from rj-bucket/ckpt/tokenizer" in r.stdout
     rep = verify_dataset(str(out), source=str(src))
     assert rep.ok and rep.samples == 12, rep.problems

@@ -18,8 +18,9 @@ _FORMATS = {"parquet": ("parquet",), "webdataset": ("webdataset",), "both": ("pa
 @click.command("tokenize", cls=Command)
 @click.argument("source")
 @click.argument("dataset")
-@click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Tokenizer checkpoint directory (model.safetensors + config.json).")
+@click.option("--tokenizer", "tokenizer_dir", required=True,
+              help="Tokenizer checkpoint directory (model.safetensors + config.json): a local path, or an s3:// URL "
+                   "(read by the driver; keeps the checkpoint out of `ray job submit --working-dir`).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True, help="Source layout.")
 @click.option("--split", default=None, help="train or val, for an ImageNet root holding both (default train).")
 @click.option("--label-map", type=click.Choice(LABEL_MAPS), default="sorted", show_default=True,

@@ -79,7 +79,7 @@ class TokenizeConfig:
     out: str
     """Output directory or URL prefix for shards, error report and manifest."""
     tokenizer: str
-    """Tokenizer checkpoint directory (model.safetensors + config.json)."""
+    """Tokenizer checkpoint directory (model.safetensors + config.json): a local path or an s3://, gs:// URL."""
     layout: str = "auto"
     """Source layout; ``auto`` detects it."""
     split: str | None = None
@@ -216,6 +216,34 @@ def auto_task_size(*, unit_size: int, batch_size: int, image_size: int, n_views:
     per_image = n_views * 3 * image_size * image_size
     fit = budget // per_image // batch_size * batch_size
     return min(unit_size, max(batch_size, fit))
+
+
+def load_tokenizer(uri: str):
+    """The tokenizer checkpoint at ``uri``: a local directory, or an object-store URL (``s3://``,
+    ``gs://``) of the directory (or of a parent holding ``tokenizer/``), whose ``config.json`` and
+    weights are copied into a temporary directory first and then loaded (sha256 checked) like a local
+    one. So a job submitted with ``ray job submit --working-dir .`` reads the ~1 GB checkpoint from the
+    bucket and never uploads it (Ray caps the working directory at 512 MiB)."""
+    import tempfile
+
+    import tokenizer
+    from maskgit_core.checkpoint_io import CONFIG, WEIGHTS
+
+    if "://" not in str(uri) or str(uri).startswith("file://"):
+        return tokenizer.load(str(uri).removeprefix("file://"))
+    fs, root = url_to_fs(str(uri))
+    for cand in (root, f"{root}/tokenizer"):
+        if fs.isfile(f"{cand}/{CONFIG}"):
+            break
+    else:
+        raise ConfigError(f"{uri}: no tokenizer checkpoint here (no {CONFIG} in it or in tokenizer/ under it)")
+    with tempfile.TemporaryDirectory(prefix="maskgit-tok-") as tmp:
+        for name in (CONFIG, WEIGHTS):
+            if not fs.isfile(f"{cand}/{name}"):
+                raise ConfigError(f"{uri}: {name} is missing next to {CONFIG}")
+            fs.get_file(f"{cand}/{name}", f"{tmp}/{name}")
+        log.info("tokenizer %s copied from %s", uri, cand)
+        return tokenizer.load(tmp)
 
 
 def _tokenizer_info(model, augmentations: tuple[str, ...]) -> TokenizerInfo:
@@ -464,10 +492,8 @@ def run_tokenize(cfg: TokenizeConfig, *, progress: Callable[[TokenizeProgress], 
 
     ``progress`` gets a ``TokenizeProgress`` when the pipeline starts and as each unit is written;
     the same is written to ``_tokenize/status.json`` (state ``done`` just before the manifest)."""
-    import tokenizer
-
     t0 = time.time()
-    model = tokenizer.load(cfg.tokenizer)
+    model = load_tokenizer(cfg.tokenizer)
     plan = _plan_run(cfg, model)
     tracker = ProgressTracker(plan.fs, plan.root, units=plan.units, records=plan.records, callback=progress)
     arrivals: list[tuple[float, int]] = []
