@@ -80,6 +80,10 @@ class TrainConfig:
     """Tokenizer checkpoint to decode samples into images; None logs the token-id maps as images."""
     stop_after: int | None = None
     """Stop (without final export) after this many steps of this run; for tests/preemption drills."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer layer's activations in backward (less memory, ~1/3 more compute)."""
+    compile: bool = False
+    """``torch.compile`` the model through DeepSpeed's ``engine.compile()`` (where it helps: measure)."""
     export_provenance: bool = True
     """Record the token dataset's location (``data``) in exported config.json; false keeps paths out."""
 

@@ -123,6 +123,7 @@ def _build_engine(cfg: TrainConfig, ds_config: dict[str, Any], *, world: int) ->
 
     torch.manual_seed(cfg.seed)
     model = transformer.build(mcfg)
+    model.gradient_checkpointing = cfg.activation_checkpointing
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -131,6 +132,8 @@ def _build_engine(cfg: TrainConfig, ds_config: dict[str, Any], *, world: int) ->
                                  min_ratio=cfg.min_lr_ratio))
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=groups, config=ds,
                                                    lr_scheduler=sched)
+    if cfg.compile:
+        engine.compile()  # torch.compile of the wrapped module, inductor backend
     ema = _Ema(engine.module, cfg.ema_decay) if cfg.ema_decay else None
     return _Engine(engine, scheduler, ema, mcfg, ocfg.resolved_null_label(mcfg), micro, accum, zero_stage)
 
