@@ -2,10 +2,15 @@
 a head without GPU, GPU workers with min_workers 0): the plan counts the GPUs the autoscaler can
 reach, the job asks for them, says on the terminal that it waits, uses the nodes that join, never
 falls back to CPU silently, and times out with what to check. Unit tests of the decisions (no Ray),
-"""
+then the real job on Ray's own fake autoscaling cluster (tests/fake_autoscaling_cluster.py)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +24,7 @@ from pipeline.data.tokenize_stages import encoder_device
 from pipeline.ray_autoscale import GpuRequest, capacity_from_node_types, gpu_capacity
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
 # ------------------------------------------------------------------ the plan (pure)
@@ -152,3 +158,61 @@ def test_gpu_request_times_out_saying_what_to_check():
         with _request(fake, lines, timeout_s=120) as req:
             req.wait()
     assert len(lines) == 4 and fake.requests[-1] == []  # a line at 0, 30, 60, 90 s; the request withdrawn
+
+
+# ------------------------------------------------------------------ the real job, Ray's fake autoscaler
+
+CLASSES = ("n01440764", "n01443537", "n01484850", "n01491361")
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("ip") is None or os.geteuid() != 0,
+                    reason="needs root, unshare and ip to give the fake cluster a private PID and network namespace")
+@pytest.mark.integration  # ~35-45 s on the loaded 2-core machine (2026-12-06)
+def test_job_scales_up_a_gpu_node_and_finishes_exactly_once(tmp_path):
+    """Head: 1 CPU, no GPU. One worker type {CPU: 1, GPU: 1}, min_workers 0, started by Ray's real
+    autoscaler (fake node provider) on demand. The job (default --device auto, the cluster-launcher
+    config in ~/ray_bootstrap_config.yaml as `ray up` leaves it) must plan a GPU encoder, ask for it,
+    say that it waits, run on the node that joins and write every image exactly once. The encoder
+    runs torch on the CPU there (--simulated-gpus: the declared GPU does not exist).
+
+    The cluster runs in its own PID and network namespace: AutoscalingCluster runs `ray stop --force`
+    (kills every Ray process it sees) and its head takes Ray's default ports; RAY_TMPDIR keeps its
+    files apart from other Ray clusters on the machine."""
+    from pipeline.data.verify import verify_dataset
+    from tokenize_fixtures import make_job_data
+
+    data = make_job_data(tmp_path / "src", tmp_path / "tok", per_class=6, classes=CLASSES, bad_kinds=("truncated",))
+    out, log, home = tmp_path / "out", tmp_path / "job.log", tmp_path / "home"
+    home.mkdir()
+    rtmp = tempfile.mkdtemp(prefix="ra", dir="/tmp")  # short: AF_UNIX socket paths are <= 107 bytes
+    spec = {"head": {"CPU": 1}, "workers": {"gpu_worker": {"resources": {"CPU": 1, "GPU": 1}, "node_config": {},
+                                                           "min_workers": 0, "max_workers": 1}},
+            "log": str(log), "timeout": 400,
+            "job": [sys.executable, str(REPO / "jobs" / "tokenize_imagenet.py"), data["src"], str(out),
+                    "--tokenizer", data["tok"], "--shard-size", "8", "--batch-size", "4", "--simulated-gpus",
+                    "--gpu-timeout", "240"]}
+    script = f"""
+set -u
+ip link set lo up || exit 12
+export PATH="{BIN}:$PATH" HOME={home} RAY_TMPDIR={rtmp} RAY_AUTH_MODE=disabled PYTHONPATH={REPO}
+python {REPO / "tests" / "fake_autoscaling_cluster.py"} '{json.dumps(spec)}'
+rc=$?  # not exec'd: bash stays PID 1 and reaps the processes that `ray stop` kills
+exit $rc
+"""
+    try:
+        r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--net", "bash", "-c", script],
+                           capture_output=True, text=True, timeout=480, cwd=tmp_path)
+    finally:
+        shutil.rmtree(rtmp, ignore_errors=True)
+    job_log = log.read_text() if log.exists() else ""
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + job_log[-3000:]
+    result = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    print(f"fake cluster: job {result['job_s']:.1f} s, cluster start + job + stop {result['total_s']:.1f} s")
+    assert result["rc"] == 0, job_log[-4000:]
+    assert result["before"].get("GPU", 0) == 0  # the head alone: no GPU up when the job started
+    assert result["after"].get("GPU", 0) >= 1, result  # the autoscaler added the GPU worker for the job
+    assert "tokenize: waiting for 1 GPU encoder: 0 of 1 placed; the autoscaler is starting GPU nodes" in job_log
+    assert "1 of 1 GPU encoder placed after" in job_log
+    assert "24 samples, 1 errors of 25 images; 4 units run, 0 already done" in job_log, job_log[-2000:]
+    rep = verify_dataset(str(out), source=data["src"])
+    assert rep.ok and rep.samples == 24 and rep.errors == 1, rep.problems
