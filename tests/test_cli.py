@@ -219,7 +219,7 @@ def test_tokenize_shard_and_task_size_and_the_deprecated_unit_size(ckpts, monkey
 
     cfgs = []
 
-    def fake_run(cfg, progress=None):
+    def fake_run(cfg, progress=None, notice=None):
         cfgs.append(cfg)
         raise SystemExit(0)
 
@@ -235,6 +235,11 @@ def test_tokenize_shard_and_task_size_and_the_deprecated_unit_size(ckpts, monkey
     assert "tokenize --unit-size is deprecated and will be removed in the next release; use --shard-size" in r.stderr
     _one_line_error(_invoke(base + ["--unit-size", "256", "--shard-size", "512"]),
                     r"--unit-size and --shard-size given together; pass --shard-size only")
+    assert (cfgs[-1].gpu_timeout_s, cfgs[-1].simulated_gpus) == (900.0, False)
+    r = _invoke(base + ["--device", "cuda", "--num-encoders", "4", "--gpu-timeout", "60", "--simulated-gpus"])
+    assert r.exit_code == 0 and (cfgs[-1].device, cfgs[-1].num_encoders) == ("cuda", 4), r.output
+    assert (cfgs[-1].gpu_timeout_s, cfgs[-1].simulated_gpus) == (60.0, True)
+    _one_line_error(_invoke(base + ["--gpu-timeout", "0"]), r"'--gpu-timeout': 0\.0 is not in the range x>0")
 
 
 def test_entry_script_speaks_the_cli_words(tmp_path):

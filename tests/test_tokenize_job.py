@@ -395,5 +395,5 @@ def test_plan_resources_never_takes_all_cpus():
     g = plan_resources({"CPU": 16.0, "GPU": 2.0})
     assert g.device == "cuda" and g.num_encoders == 2 and g.encoder_gpus == 1.0 and g.decode_cpus == 1.0
     assert 2 * g.encoder_cpus < 16
-    with pytest.raises(ValueError, match="no GPUs"):
-        plan_resources({"CPU": 4.0}, device="cuda")
+    with pytest.raises(ValueError, match="no GPUs"):  # and its autoscaler can start none
+        plan_resources({"CPU": 4.0}, device="cuda", gpu_capacity=0)

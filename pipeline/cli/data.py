@@ -7,7 +7,8 @@ import sys
 import click
 
 from tokenizer.preprocess import AUGMENTATIONS
-from pipeline.cli._options import NON_NEGATIVE_INT, POSITIVE_INT, Command, check_dataset_path, deprecated_option
+from pipeline.cli._options import (NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Command, check_dataset_path,
+                                   deprecated_option)
 from pipeline.data.sources import LABEL_MAPS, LAYOUTS
 
 __all__ = ["register", "tokenize_cmd", "verify_cmd", "inspect_cmd"]
@@ -40,17 +41,24 @@ _FORMATS = {"parquet": ("parquet",), "webdataset": ("webdataset",), "both": ("pa
 @click.option("--search", type=click.Choice(["auto", "faiss", "torch"]), default="auto", show_default=True,
               help="Nearest-code search backend (identical ids).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Encoder device; auto uses GPU actors when the cluster has GPUs.")
+              help="Encoder device; auto uses GPU actors when the cluster has GPUs or GPU node types its autoscaler "
+                   "can start (then asks for them and waits).")
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32", show_default=True,
               help="Encoder precision (docs/TOKENIZE.md: token agreement of each with fp32).")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the encoder in each actor (falls back to eager with a warning).")
-@click.option("--num-encoders", type=POSITIVE_INT, default=None, help="Encoder actors (default: one per GPU).")
+@click.option("--num-encoders", type=POSITIVE_INT, default=None,
+              help="Encoder actors (default: one per GPU the cluster has or can start).")
+@click.option("--gpu-timeout", "gpu_timeout_s", type=POSITIVE_FLOAT, default=900.0, show_default=True,
+              help="Seconds to wait for the autoscaler's first GPU node when none is up.")
+@click.option("--simulated-gpus", is_flag=True,
+              help="Test only: GPU encoder actors run torch on the CPU (for Ray's fake autoscaling cluster, whose "
+                   "GPU nodes declare GPUs they do not have).")
 @click.option("--ray-address", default=None, help="Ray cluster to use (default: start a local one).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in DATASET (fail if there is none).")
 def tokenize_cmd(source, dataset, tokenizer_dir, layout, split, label_map, val_labels, fmt, augment, unit_size,
-                 task_size, batch_size, search, device, precision, compile_, num_encoders, ray_address,
-                 resume) -> None:
+                 task_size, batch_size, search, device, precision, compile_, num_encoders, gpu_timeout_s,
+                 simulated_gpus, ray_address, resume) -> None:
     """Tokenize the images of SOURCE into the token dataset DATASET (a folder: local path or s3://, gs://).
 
     Exactly once: a rerun (or --resume) skips finished shards; manifest.json is written last.
@@ -68,12 +76,13 @@ def tokenize_cmd(source, dataset, tokenizer_dir, layout, split, label_map, val_l
                          augmentations=tuple(augment), unit_size=unit_size, task_size=task_size,
                          batch_size=batch_size, search=search,
                          device=device, precision=precision, compile=compile_, num_encoders=num_encoders,
-                         ray_address=ray_address,
+                         gpu_timeout_s=gpu_timeout_s, simulated_gpus=simulated_gpus, ray_address=ray_address,
                          resume=resume)
     with Progress("tokenize", unit="units") as bar:
         r = run_tokenize(cfg, progress=lambda p: bar.update(
             p.units_done, p.units_total, images=f"{p.images_done}/{p.images_total}",
-            img_per_s=p.images_per_s if p.images_per_s is not None else "?", eta=format_eta(p.eta_s)))
+            img_per_s=p.images_per_s if p.images_per_s is not None else "?", eta=format_eta(p.eta_s)),
+            notice=bar.note)
     c = r.manifest.counts
     click.echo(f"{dataset}: {c['samples']} samples, {c['errors']} errors of {c['images']} images; "
                f"{r.units_run} units run, {r.units_skipped} already done; {r.seconds:.1f} s")

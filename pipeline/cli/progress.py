@@ -71,6 +71,14 @@ class Progress:
         extra = "".join(f", {k.replace('_', ' ')} {_fmt(v)}" for k, v in figures.items())
         click.echo(f"{self.desc}: {done}{of} {self.unit}{pct}{extra}", file=self.stream)
 
+    def note(self, message: str) -> None:
+        """A line the user should see now (e.g. what the run is waiting for), above the bar if any."""
+        line = f"{self.desc}: {message}"
+        if self._bar is not None:
+            self._bar.write(line, file=self.stream)
+        else:
+            click.echo(line, file=self.stream)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

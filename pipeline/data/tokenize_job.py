@@ -32,10 +32,13 @@ Every listed image ends up in exactly one shard or in the error report with its 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import queue
+import re
 import threading
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -104,15 +107,24 @@ class TokenizeConfig:
     search: str = "auto"
     """Nearest-code backend: ``auto``, ``faiss`` or ``torch``."""
     device: str = "auto"
-    """Encoder device: ``auto`` (GPU actors where the cluster has GPUs), ``cpu`` or ``cuda``."""
+    """Encoder device: ``auto`` (GPU actors where the cluster has GPUs or GPU node types its
+    autoscaler can start), ``cpu`` or ``cuda`` (GPU actors; asks the autoscaler for GPU nodes and
+    waits for them when none is up)."""
     precision: str = "fp32"
     """Encoder precision: ``fp32`` (TF32 off on CUDA), ``tf32`` or ``bf16`` (autocast); the search always
     runs in float32 (``EncodeTasks``). Recorded in the job record and the manifest."""
     compile: bool = False
     """``torch.compile`` the encoder in each actor (fixed shapes; falls back to eager with a warning)."""
     num_encoders: int | None = None
-    """Encoder actors; default: one per GPU, or on CPU clusters one per 2 CPUs (2 threads each; one per
-    CPU below 4 CPUs)."""
+    """Encoder actors; default: one per GPU the cluster has or its autoscaler can start (at most one
+    per task), or on CPU clusters one per 2 CPUs (2 threads each; one per CPU below 4 CPUs)."""
+    gpu_timeout_s: float = 900.0
+    """Seconds to wait for the first GPU node when GPU encoders are planned and none is up
+    (``--gpu-timeout``); then the job fails saying what to check."""
+    simulated_gpus: bool = False
+    """Test only (``--simulated-gpus``): encoder actors reserve Ray GPU resources as planned
+    but run torch on the CPU. For Ray's fake autoscaling cluster, whose GPU nodes declare GPUs that do
+    not exist. Without it, a GPU actor whose torch sees no CUDA device fails the job."""
     ray_address: str | None = None
     """Connect to this Ray cluster; default: the current one, or a local one started for the run."""
     resume: bool = False
@@ -139,6 +151,8 @@ class TokenizeConfig:
             raise ConfigError(f"task_size must be >= 1 (or None for auto), got {self.task_size}")
         if self.num_encoders is not None and self.num_encoders < 1:
             raise ConfigError(f"num_encoders must be >= 1, got {self.num_encoders}")
+        if not self.gpu_timeout_s > 0:
+            raise ConfigError(f"gpu_timeout_s must be > 0, got {self.gpu_timeout_s}")
 
 
 @dataclass
@@ -171,23 +185,44 @@ class ResourcePlan:
     encoder_gpus: float
     decode_cpus: float
     torch_threads: int
+    wait_for_gpus: bool = False
+    """No GPU encoder fits the nodes that are up: ask the autoscaler for GPU nodes and wait."""
+
+    @property
+    def encoder_bundle(self) -> dict[str, float]:
+        """What one encoder actor reserves (what the autoscaler is asked for, per encoder)."""
+        gpu = {"GPU": self.encoder_gpus} if self.encoder_gpus else {}
+        return {**gpu, "CPU": self.encoder_cpus}
 
 
-def plan_resources(cluster: dict[str, float], *, device: str = "auto", num_encoders: int | None = None
-                   ) -> ResourcePlan:
-    """Size the pools from ``ray.cluster_resources()``. Reservations are fractional so that the
-    actors never take the whole CPU budget (two 1-CPU actors plus a decode task deadlock on 2 CPUs)."""
+def plan_resources(cluster: dict[str, float], *, device: str = "auto", num_encoders: int | None = None,
+                   gpu_capacity: int | None = None, tasks: int | None = None) -> ResourcePlan:
+    """Size the pools from ``ray.cluster_resources()`` (the nodes that are up) and ``gpu_capacity``,
+    the GPUs the cluster's autoscaler can reach (``pipeline.ray_autoscale.gpu_capacity``; None when
+    unknown, 0 when it has no GPU node types). Reservations are fractional so that the actors never
+    take the whole CPU budget (two 1-CPU actors plus a decode task deadlock on 2 CPUs).
+
+    GPU encoders are planned for ``cuda``, and for ``auto`` where GPUs are up or can be started; then
+    one per GPU the cluster can reach (at most one per task, ``tasks``) unless ``num_encoders`` says,
+    and ``wait_for_gpus`` when none fits the nodes up now. ``cuda`` fails at once only when the
+    cluster has no GPU and cannot have one (``gpu_capacity == 0``); with an unknown capacity it asks
+    for ``num_encoders`` (default 1) and waits."""
     cpus = float(cluster.get("CPU", 1.0))
     gpus = float(cluster.get("GPU", 0.0))
+    reachable = max(gpus, float(gpu_capacity or 0))
     if device == "auto":
-        device = "cuda" if gpus >= 1 else "cpu"
+        device = "cuda" if reachable >= 1 else "cpu"
     if device == "cuda":
-        if gpus < 1:
-            raise ConfigError("device='cuda' but the Ray cluster has no GPUs; use --device cpu or add GPU workers")
-        n = num_encoders or int(gpus)
-        per_gpu = min(1.0, gpus / n)
+        if reachable < 1 and gpu_capacity is not None:
+            raise ConfigError("device='cuda' but the Ray cluster has no GPUs and cannot start any (no GPU node "
+                              "types); use --device cpu or add GPU workers")
+        n = num_encoders or max(1, int(reachable))
+        if num_encoders is None and tasks is not None:
+            n = max(1, min(n, tasks))  # an encoder per task at most: more would only idle
+        per_gpu = min(1.0, reachable / n) if reachable >= 1 else 1.0
         enc_cpus = min(1.0, max(0.1, (cpus - 1) / (2 * n)))
-        return ResourcePlan("cuda", n, enc_cpus, per_gpu, 1.0 if cpus >= 4 else 0.5, 2)
+        return ResourcePlan("cuda", n, enc_cpus, per_gpu, 1.0 if cpus >= 4 else 0.5, 2,
+                            wait_for_gpus=gpus + 1e-9 < per_gpu)
     # a CPU encoder scales badly over intra-op threads (tiny convolutions): 2 one-thread actors on 2 CPUs
     # tokenize 1.33x the images/s of 1 two-thread actor (60k images, 32 px demo tokenizer, 2026-12-06)
     n = num_encoders or (max(1, int(cpus)) if cpus < 4 else int(cpus) // 2)
@@ -310,19 +345,52 @@ def _task_rows(plan: _Plan) -> list[dict[str, Any]]:
     return rows
 
 
-def _task_dataset(cfg: TokenizeConfig, plan: _Plan, model):
-    """The Ray Data pipeline over the pending units' tasks: decode tasks, then the encoder actor pool."""
+def _joins_cluster(cfg: TokenizeConfig) -> bool:
+    """Whether the run uses a running Ray cluster (one that may autoscale) rather than starting a
+    local Ray for itself (``ray_session``); asked before the session starts."""
+    import ray
+
+    if ray.is_initialized():
+        return True
+    address = cfg.ray_address if cfg.ray_address is not None else os.environ.get("RAY_ADDRESS")
+    return bool(address) and address != "local"
+
+
+def _resource_plan(cfg: TokenizeConfig, *, tasks: int, joined: bool) -> ResourcePlan:
+    """``plan_resources`` for the connected cluster: its nodes up and, on a cluster the run joined
+    (not a local Ray it started, which has no autoscaler), the GPUs its autoscaler can reach."""
+    import ray
+
+    from pipeline.ray_autoscale import gpu_capacity
+
+    cluster = ray.cluster_resources()
+    if cfg.device == "cpu":
+        capacity, where = None, "not asked (--device cpu)"
+    elif joined:
+        capacity, where = gpu_capacity()
+    else:
+        capacity, where = int(cluster.get("GPU", 0)), "a local Ray started for this run"
+    res = plan_resources(cluster, device=cfg.device, num_encoders=cfg.num_encoders, gpu_capacity=capacity,
+                         tasks=tasks)
+    log.info("resources: %s (cluster %s; GPUs its autoscaler can reach: %s, from %s)", res,
+             {k: cluster[k] for k in ("CPU", "GPU") if k in cluster}, capacity, where)
+    if cfg.device == "auto" and res.device == "cpu" and capacity is None:
+        log.info("no GPU in the cluster and no autoscaler node types visible (%s): CPU encoders; --device cuda "
+                 "asks the autoscaler for GPU nodes", where)
+    return res
+
+
+def _task_dataset(cfg: TokenizeConfig, plan: _Plan, model, res: ResourcePlan, rows: list[dict[str, Any]]):
+    """The Ray Data pipeline over the pending units' tasks: decode tasks, then the encoder actor pool,
+    which grows up to ``res.num_encoders`` actors as their GPUs (or CPUs) join the cluster."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver reports per unit instead (progress callback)
     ctx.execution_options.preserve_order = True  # tasks arrive unit by unit: one unit open in the driver
-    res = plan_resources(ray.cluster_resources(), device=cfg.device, num_encoders=cfg.num_encoders)
-    log.info("resources: %s", res)
     info = plan.info
     payload_ref = ray.put(encoder_payload(model))
-    rows = _task_rows(plan)
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     # bounded retries (Ray Data retries a failed task or actor without limit by default): a task whose
     # worker dies RAY_RETRIES + 1 times fails the job with the reason, and a rerun continues after it
@@ -335,7 +403,7 @@ def _task_dataset(cfg: TokenizeConfig, plan: _Plan, model):
         num_cpus=res.encoder_cpus, num_gpus=res.encoder_gpus or None,
         max_restarts=RAY_RETRIES, max_task_retries=RAY_RETRIES,
         fn_constructor_args=([payload_ref],),
-        fn_constructor_kwargs=dict(device=res.device, precision=cfg.precision,
+        fn_constructor_kwargs=dict(device=res.device, simulated_gpus=cfg.simulated_gpus, precision=cfg.precision,
                                    batch_size=cfg.batch_size or (64 if res.device == "cuda" else 32),
                                    compile=cfg.compile, search=cfg.search, torch_threads=res.torch_threads,
                                    image_size=info.image_size, n_views=info.n_aug,
@@ -448,6 +516,11 @@ def _pipeline_error(e: BaseException, cfg: TokenizeConfig, plan: _Plan) -> BaseE
 
     if not isinstance(e, RayError):
         return e
+    ours = re.findall(r"maskgit_core\.errors\.\w+: (.+)", str(e))
+    if ours:  # the project's own error in a Ray worker (e.g. a GPU actor whose torch sees no CUDA): its words
+        return PipelineError(f"the Ray pipeline of {cfg.out} stopped: {ours[-1].strip()[:500]}; the "
+                             f"{len(plan.records)} of {len(plan.units)} units written so far are kept: fix that, then "
+                             "rerun the same command to finish the rest")
     reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     return PipelineError(f"the Ray pipeline of {cfg.out} stopped ({type(e).__name__}: {reason}); the "
                          f"{len(plan.records)} of {len(plan.units)} units written so far are kept: rerun the "
@@ -486,12 +559,32 @@ def _throughput(arrivals: list[tuple[float, int]], encode_s: list[tuple[int, flo
     return steady, enc, (sum(n for _, n in arrivals) / dec_t if dec_t else None)
 
 
-def run_tokenize(cfg: TokenizeConfig, *, progress: Callable[[TokenizeProgress], None] | None = None
-                 ) -> TokenizeResult:
+def _gpu_request(res: ResourcePlan, cfg: TokenizeConfig, notice: Callable[[str], None]):
+    """While the run needs more GPU encoders than the cluster holds: ask the autoscaler for them
+    (``GpuRequest``) and, when none fits yet, wait for the first (state ``waiting`` in status.json)."""
+    import ray
+
+    from pipeline.ray_autoscale import GpuRequest
+
+    if res.device != "cuda":
+        return contextlib.nullcontext()
+    request = GpuRequest(res.encoder_bundle, res.num_encoders, timeout_s=cfg.gpu_timeout_s, notice=notice,
+                         advice="then rerun the same command (no unit was started), with a longer --gpu-timeout, or "
+                                "with --device cpu")
+    if request.placed(ray.cluster_resources()) >= res.num_encoders:
+        return contextlib.nullcontext()
+    return request
+
+
+def run_tokenize(cfg: TokenizeConfig, *, progress: Callable[[TokenizeProgress], None] | None = None,
+                 notice: Callable[[str], None] | None = None) -> TokenizeResult:
     """Run (or finish) a tokenize job; returns the manifest written last. See the module docstring.
 
     ``progress`` gets a ``TokenizeProgress`` when the pipeline starts and as each unit is written;
-    the same is written to ``_tokenize/status.json`` (state ``done`` just before the manifest)."""
+    the same is written to ``_tokenize/status.json`` (state ``done`` just before the manifest).
+    ``notice`` gets the lines a user waiting at the terminal should see (waiting for GPU nodes);
+    default: logged as warnings."""
+    notice = notice or log.warning
     t0 = time.time()
     model = load_tokenizer(cfg.tokenizer)
     plan = _plan_run(cfg, model)
@@ -499,10 +592,17 @@ def run_tokenize(cfg: TokenizeConfig, *, progress: Callable[[TokenizeProgress], 
     arrivals: list[tuple[float, int]] = []
     encode_s: list[tuple[int, float, float]] = []
     if plan.pending:
+        joined = _joins_cluster(cfg)
         with ray_session(cfg.ray_address):
-            ds = _task_dataset(cfg, plan, model)
-            tracker.start()
-            arrivals, encode_s = _write_units(cfg, plan, ds, tracker)
+            rows = _task_rows(plan)
+            res = _resource_plan(cfg, tasks=len(rows), joined=joined)
+            with _gpu_request(res, cfg, notice) as request:
+                if res.wait_for_gpus:
+                    tracker.report("waiting")
+                    request.wait()
+                ds = _task_dataset(cfg, plan, model, res, rows)
+                tracker.start()
+                arrivals, encode_s = _write_units(cfg, plan, ds, tracker)
     if len(plan.records) != len(plan.units):
         missing = sorted(set(range(len(plan.units))) - set(plan.records))[:10]
         raise RuntimeError(f"units {missing} produced no output; rerun to finish them")

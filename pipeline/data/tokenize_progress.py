@@ -33,7 +33,8 @@ class TokenizeProgress:
     eta_s: float | None
     """Seconds left at that rate; None while unknown, 0 when done."""
     state: str
-    """``running`` or ``done`` (every unit written; manifest.json follows)."""
+    """``waiting`` (for the autoscaler's GPU nodes, before the pipeline starts), ``running`` or
+    ``done`` (every unit written; manifest.json follows)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -19,7 +19,7 @@ from pipeline.data.sources import ItemReader, SourceItem
 from maskgit_core.errors import ConfigError
 
 __all__ = ["pack_items", "unpack_items", "join_keys", "split_keys", "decode_task", "build_encoder",
-           "encoder_payload", "EncodeTasks"]
+           "encoder_payload", "encoder_device", "EncodeTasks"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,19 @@ def encoder_payload(model) -> dict[str, Any]:
     return {"config": model.config.to_dict(), "state": state}
 
 
+def encoder_device(device: str, *, cuda_available: bool, simulated_gpus: bool = False, where: str = "") -> str:
+    """The torch device of an encoder actor that the job planned on ``device``. An actor planned on
+    ``cuda`` holds a Ray GPU; if its torch sees no CUDA device that is a broken GPU node (a CPU build of
+    torch, no driver) and the job fails here, unless ``simulated_gpus`` (Ray's fake autoscaling
+    cluster in tests: its GPU nodes declare GPUs that do not exist), where it computes on the CPU."""
+    if device != "cuda" or cuda_available:
+        return device
+    if simulated_gpus:
+        return "cpu"
+    raise ConfigError(f"an encoder actor holds a Ray GPU but its torch sees no CUDA device ({where}): install a "
+                      "CUDA build of torch and the NVIDIA driver on the GPU nodes, or run with --device cpu")
+
+
 class EncodeTasks:
     """Ray actor (map_batches callable class): encodes each task in fixed chunks of ``batch_size``
     from its first image, so that its tokens do not depend on which run or actor encoded it.
@@ -128,12 +141,14 @@ class EncodeTasks:
 
     def __init__(self, payload_ref: list, *, device: str, precision: str, batch_size: int, search: str,
                  torch_threads: int, image_size: int, n_views: int, latent: int, token_dtype: str,
-                 compile: bool = False):
+                 compile: bool = False, simulated_gpus: bool = False):
         import ray
         import torch
 
         from tokenizer.faiss_search import make_search
 
+        device = encoder_device(device, cuda_available=torch.cuda.is_available(), simulated_gpus=simulated_gpus,
+                                where=f"node {ray.util.get_node_ip_address()}, torch {torch.__version__}")
         torch.set_num_threads(torch_threads)
         payload = payload_ref[0]  # an object ref in the job; the payload itself in tests
         if isinstance(payload, ray.ObjectRef):
