@@ -58,6 +58,7 @@ check_imports() {  # check_imports TARGET: import everything a GPU run needs; pr
 import importlib
 import os
 import sys
+from importlib.metadata import version
 
 target = os.path.realpath(sys.argv[1])
 for name in ("ray", "ray.data", "deepspeed", "webdataset", "pydantic", "jsonschema",
@@ -70,7 +71,7 @@ for name in ("ray", "deepspeed", "webdataset", "pydantic", "jsonschema"):
     mod = sys.modules[name]
     origin = os.path.realpath(mod.__file__)
     where = "bundle" if origin.startswith(target + os.sep) else f"not the bundle: {origin}"
-    print(f"{name} {getattr(mod, '__version__', '?')} ({where})")
+    print(f"{name} {version(name)} ({where})")
 EOF
 }
 
