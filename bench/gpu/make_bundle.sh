@@ -9,7 +9,7 @@
 # bench/gpu/unpack_bundle.sh installs it; bench/gpu/run_gpu.sh does both.
 #
 # Usage: bash bench/gpu/make_bundle.sh [--python-version 3.12] [--out .devcarry/bundle]
-#                                      [--cache DIR] [--max-mib 45]
+#                                      [--cache .devcarry/cache] [--max-mib 45]
 # Environment: PYTHON (default python3) runs pip and builds DeepSpeed's wheel; it needs pip,
 # setuptools and torch (DeepSpeed's setup.py imports torch). Needs PyPI (or its mirror).
 set -euo pipefail
@@ -56,7 +56,7 @@ parse_args() {
     esac
   done
   [[ $PY_VERSION =~ ^3\.[0-9]+$ ]] || die "--python-version '$PY_VERSION' is not of the form 3.N"
-  CACHE=${CACHE:-$OUT_DIR/cache}
+  CACHE=${CACHE:-$REPO/.devcarry/cache}  # not inside --out: only the bundle is carried
 }
 
 check_builder() {

@@ -6,7 +6,8 @@
 # Usage: bash bench/gpu/unpack_bundle.sh TARGET [--bundle FILE]
 #   FILE defaults to .devcarry/bundle/gpu-bundle-pyX.Y.tar.xz for the Python that runs it.
 #   TARGET must be absent or empty, or hold this very bundle already (then only the check runs).
-# Environment: PYTHON (default python3): the interpreter the bundle is for; it needs pip.
+# Environment: PYTHON (default python3): the interpreter the bundle is for (without pip, the wheels
+#   are unzipped instead: all of them are --no-deps installs of plain files).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -37,6 +38,33 @@ manifest_value() {  # manifest_value FILE KEY
   sed -n "s/^$2=//p" "$1" | head -n 1
 }
 
+install_wheels() {  # install_wheels TARGET WHEEL...: pip, or (an image without pip) plain unzipping
+  local target=$1
+  shift
+  if "$PYTHON" -m pip --version >/dev/null 2>&1; then
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --target "$target" "$@" \
+      || die "pip could not install the bundle's wheels into $target (see above)"
+    return
+  fi
+  echo "no pip for $PYTHON: unzipping the wheels into $target (no console scripts; use python -m)"
+  "$PYTHON" - "$target" "$@" <<'PY' || die "could not unzip the bundle's wheels into $target"
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+target = Path(sys.argv[1])
+for whl in sys.argv[2:]:
+    with zipfile.ZipFile(whl) as z:
+        z.extractall(target)
+    for data in target.glob("*.data"):  # a wheel's purelib/platlib files belong in site-packages
+        for lib in ("purelib", "platlib"):
+            if (data / lib).is_dir():
+                shutil.copytree(data / lib, target, dirs_exist_ok=True)
+        shutil.rmtree(data)
+PY
+}
+
 unpack() {  # unpack BUNDLE TARGET PYVERSION
   local bundle=$1 target=$2 pyv=$3 tmp bundle_py
   tmp=$target/.bundle-unpacking
@@ -46,9 +74,7 @@ unpack() {  # unpack BUNDLE TARGET PYVERSION
   [ "$bundle_py" = "$pyv" ] || die "$bundle is for Python $bundle_py but $PYTHON is $pyv; \
 build one with bench/gpu/make_bundle.sh --python-version $pyv"
   mv "$tmp"/site/* "$target"/
-  "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-index --no-deps \
-    --target "$target" "$tmp"/wheels/*.whl \
-    || die "pip could not install the bundle's wheels into $target (see above)"
+  install_wheels "$target" "$tmp"/wheels/*.whl
   mv "$tmp/MANIFEST.txt" "$target/MANIFEST.txt"
   rm -rf "$tmp"
 }
