@@ -4,6 +4,9 @@ job's own encoder actor (``EncodeTasks``), on real photos: the demo's built-in p
 random crops at the tokenizer's size.
 
     .venv/bin/python bench/bench_precision.py --tokenizer demo-out/tokenizer [--crops 512] [--device auto]
+    # for a machine without scikit-image (the GPU image): write the crops here, carry the file
+    .venv/bin/python bench/bench_precision.py --save-crops .devcarry/precision_crops256.npz --image-size 256 --crops 64
+    python bench/bench_precision.py --tokenizer TOK --crops-file .devcarry/precision_crops256.npz
 
 Prints a table to stderr and JSON to stdout.
 """
@@ -22,12 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tokenizer  # noqa: E402
 from pipeline.data.tokenize_stages import EncodeTasks, encoder_payload  # noqa: E402
-from pipeline.demo.data import PHOTOS, load_photo  # noqa: E402
 
 
 def crops(n: int, size: int, seed: int = 0) -> np.ndarray:
     """(n, 1, 3, size, size) uint8: random square crops of the built-in photos resized to ``size``."""
     from PIL import Image
+
+    from pipeline.demo.data import PHOTOS, load_photo  # scikit-image's photos
 
     rng = np.random.default_rng(seed)
     photos = [load_photo(name) for name in PHOTOS]
@@ -48,19 +52,35 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--tokenizer")
+    ap.add_argument("--save-crops", help="Write the crops (npz) and stop; with --image-size.")
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--crops-file", help="Crops written by --save-crops instead of the built-in photos.")
     ap.add_argument("--crops", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="auto")
     a = ap.parse_args()
+    if a.save_crops:
+        Path(a.save_crops).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(a.save_crops, crops=crops(a.crops, a.image_size))
+        print(f"wrote {a.crops} crops of {a.image_size} px to {a.save_crops}", file=sys.stderr)
+        return
+    if not a.tokenizer:
+        ap.error("--tokenizer is required (unless --save-crops)")
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     model = tokenizer.load(a.tokenizer)
     cfg = model.config
-    x = crops(a.crops, cfg.image_size)
+    if a.crops_file:
+        with np.load(a.crops_file) as z:
+            x = z["crops"]
+        if x.shape[-1] != cfg.image_size:
+            raise SystemExit(f"{a.crops_file}: crops of {x.shape[-1]} px, the tokenizer takes {cfg.image_size}")
+    else:
+        x = crops(a.crops, cfg.image_size)
     payload = encoder_payload(model)
     precisions = ["fp32", "tf32", "bf16"] if dev == "cuda" else ["fp32", "bf16"]
     res: dict = {"date": time.strftime("%Y-%m-%d"), "device": dev, "tokenizer": a.tokenizer,
-                 "image_size": cfg.image_size, "crops": a.crops, "rows": []}
+                 "image_size": cfg.image_size, "crops": int(len(x)), "crops_file": a.crops_file, "rows": []}
     ref = None
     for prec in precisions:
         enc = EncodeTasks([payload], device=dev, precision=prec, batch_size=a.batch_size, search="torch",

@@ -1,11 +1,10 @@
 """The small Python pieces of bench/gpu/run_gpu.sh: its inputs (token shards, JPEGs, a tokenizer
-with random weights, a DeepSpeed config variant) and the JSON it keeps of the training and tokenize
+with random weights) and the JSON it keeps of the training and tokenize
 runs. Needs only what the GPU image has plus the repo (numpy, Pillow, torch).
 
     python bench/gpu/gpu_steps.py tokens DIR [--tiny]
     python bench/gpu/gpu_steps.py jpegs DIR --count 4096 [--size 500 375]
     python bench/gpu/gpu_steps.py tokenizer DIR --preset official256
-    python bench/gpu/gpu_steps.py ds-config-torch-adam SRC DST
     python bench/gpu/gpu_steps.py train-report RUN_DIR LOG OUT_JSON
     python bench/gpu/gpu_steps.py tokenize-report DATASET LOG OUT_JSON
 """
@@ -75,14 +74,6 @@ def write_tokenizer(directory: str, preset: str) -> None:
     tokenizer.save(tokenizer.build(preset), directory)
 
 
-def write_ds_config_torch_adam(src: str, dst: str) -> None:
-    """``src`` with torch's AdamW instead of DeepSpeed's FusedAdam, which DeepSpeed must compile
-    with nvcc at run time (a machine without the CUDA toolkit cannot)."""
-    cfg = json.loads(Path(src).read_text())
-    cfg["optimizer"]["params"]["torch_adam"] = True
-    Path(dst).write_text(json.dumps(cfg, indent=1))
-
-
 def _json_lines(text: str) -> list[dict]:
     rows = []
     for line in text.splitlines():
@@ -142,9 +133,6 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("tokenizer")
     s.add_argument("dir")
     s.add_argument("--preset", required=True)
-    s = sub.add_parser("ds-config-torch-adam")
-    s.add_argument("src")
-    s.add_argument("dst")
     s = sub.add_parser("train-report")
     s.add_argument("run_dir")
     s.add_argument("log")
@@ -160,8 +148,6 @@ def main(argv: list[str] | None = None) -> None:
         write_jpegs(a.dir, a.count, tuple(a.size), a.classes, a.workers)
     elif a.cmd == "tokenizer":
         write_tokenizer(a.dir, a.preset)
-    elif a.cmd == "ds-config-torch-adam":
-        write_ds_config_torch_adam(a.src, a.dst)
     elif a.cmd == "train-report":
         print(json.dumps({k: v for k, v in train_report(a.run_dir, a.log, a.out).items() if k != "metrics"}))
     else:

@@ -2,12 +2,14 @@
 # The GPU run of the project, for a lent H100/H200 (docs/BENCHMARKS.md): install the carried bundle
 # (bench/gpu/make_bundle.sh) and check its imports, then, each under its own timeout and all within
 # --budget seconds:
-#   train_ds      the real `deepspeed` launch of jobs/train_mvtm.py: bf16 ZeRO-1 (jobs/ds_config.json),
-#                 official256 on synthetic token shards, 30 steps (train_ds_torch_adam follows when it
-#                 fails on a machine without nvcc: the same with torch's AdamW instead of FusedAdam)
+#   train_ds      the real `deepspeed` launch of jobs/train_mvtm.py: bf16 ZeRO-1 (jobs/ds_config.json:
+#                 torch's fused AdamW, so no DeepSpeed op is JIT-built), official256 on synthetic token
+#                 shards, 30 steps
 #   tokenize_ray  the Ray tokenize job (jobs/tokenize_imagenet.py) on synthetic 500x375 JPEGs, bf16 on cuda
 #   foundation, train_mfu, decode, tokenize_gpu, official_jax   the torch-only bench scripts
-#   train_ds_zero3  jobs/ds_config_zero3.json, if time is left
+#   then, if time is left: precision (bench/bench_precision.py: fp32/tf32/bf16 ids and PSNR),
+#   tokenize_compiled (tokenize_ray with --compile), train_ds_compiled (train_ds with compile=true),
+#   train_ds_zero3 (jobs/ds_config_zero3.json)
 # --dry-run runs the same sequence on the CPU with tiny settings (debug models, jobs/ds_config_cpu.json,
 # --device cpu, a few dozen JPEGs): the plumbing's test (tests/test_gpu_bundle.py).
 #
@@ -28,8 +30,9 @@ DRY=0
 BUNDLE=
 ONLY=
 BUDGET=470
-ALL_STEPS="train_ds tokenize_ray foundation train_mfu decode tokenize_gpu official_jax train_ds_zero3"
-NEEDS_BUNDLE=" train_ds train_ds_torch_adam tokenize_ray train_ds_zero3 "
+ALL_STEPS="train_ds tokenize_ray foundation train_mfu decode tokenize_gpu official_jax precision tokenize_compiled \
+train_ds_compiled train_ds_zero3"
+NEEDS_BUNDLE=" train_ds tokenize_ray tokenize_compiled train_ds_compiled train_ds_zero3 "
 
 die() { echo "run_gpu.sh: $*" >&2; exit 2; }
 
@@ -94,9 +97,10 @@ pipeline.train.loop; print('ray', ray.__version__, 'deepspeed', deepspeed.__vers
 
 has_nvcc() { command -v nvcc >/dev/null || [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; }
 
-# train_ds NAME DS_CONFIG SLOT: the deepspeed launcher on one device, the report into OUT/NAME.json.
+# train_ds NAME DS_CONFIG SLOT [OVERRIDE...]: the deepspeed launcher on one device, the report into OUT/NAME.json.
 train_ds() {
   local name=$1 ds_config=$2 slot=$3 run=$WORK/run_$1 rc=0 threads=4 tiny=()
+  shift 3
   local args=(--config "$REPO/jobs/train_debug.json" --data "$WORK/tokens" --out "$run")
   if [ "$DRY" = 1 ]; then
     args+=(steps=2 warmup_steps=1 save_every=2 log_every=1 'model_overrides={"num_classes": 10}')
@@ -104,6 +108,7 @@ train_ds() {
   else
     args+=(model=official256 steps=30 warmup_steps=5 save_every=30 log_every=5)
   fi
+  args+=("$@")
   [ -d "$WORK/tokens" ] || "$PYTHON" "$REPO/bench/gpu/gpu_steps.py" tokens "$WORK/tokens" "${tiny[@]}" \
     >>"$OUT/run.log" 2>&1 || { skip "$name" "no token shards (run.log)"; return 1; }
   run_step "$name" "$slot" env OMP_NUM_THREADS="$threads" \
@@ -115,34 +120,47 @@ train_ds() {
   return "$rc"
 }
 
-step_train_ds() {
+step_train_ds() {  # NAME [OVERRIDE...]
+  local name=$1
+  shift
   if [ "$DRY" = 1 ]; then
-    train_ds train_ds "$REPO/jobs/ds_config_cpu.json" 150 || true
-    return
-  fi
-  train_ds train_ds "$REPO/jobs/ds_config.json" 150 && return
-  if ! has_nvcc; then
-    note "train_ds: no nvcc here (DeepSpeed JIT-compiles FusedAdam with it); again with torch's AdamW"
-    "$PYTHON" "$REPO/bench/gpu/gpu_steps.py" ds-config-torch-adam "$REPO/jobs/ds_config.json" \
-      "$WORK/ds_config_torch_adam.json"
-    train_ds train_ds_torch_adam "$WORK/ds_config_torch_adam.json" 120 || true
+    train_ds "$name" "$REPO/jobs/ds_config_cpu.json" 150 "$@" || true
+  else
+    train_ds "$name" "$REPO/jobs/ds_config.json" 150 "$@" || true
   fi
 }
 
-step_tokenize_ray() {
-  local count=4096 size=(500 375) preset=official256
-  local extra=(--device cuda --precision bf16 --batch-size 64 --shard-size 1024)
+step_tokenize_ray() {  # NAME [FLAG...]
+  local name=$1 count=4096 size=(500 375) preset=official256
+  shift
+  local extra=(--device cuda --precision bf16 --shard-size 1024)
   if [ "$DRY" = 1 ]; then
     count=32 size=(48 40) preset=debug extra=(--device cpu --shard-size 16)
   fi
-  { "$PYTHON" "$REPO/bench/gpu/gpu_steps.py" jpegs "$WORK/jpegs" --count "$count" --size "${size[@]}" \
-    && "$PYTHON" "$REPO/bench/gpu/gpu_steps.py" tokenizer "$WORK/tokenizer" --preset "$preset"; } \
-    >>"$OUT/run.log" 2>&1 || { skip tokenize_ray "inputs not written (run.log)"; return; }
-  run_step tokenize_ray 120 "$PYTHON" "$REPO/jobs/tokenize_imagenet.py" "$WORK/jpegs" "$WORK/tokens_out" \
-    --tokenizer "$WORK/tokenizer" "${extra[@]}" || true
-  sed -n '/=== tokenize_ray /,$p' "$OUT/run.log" >"$WORK/tokenize_ray.log"
-  "$PYTHON" "$REPO/bench/gpu/gpu_steps.py" tokenize-report "$WORK/tokens_out" "$WORK/tokenize_ray.log" \
-    "$OUT/tokenize_ray.json" >>"$OUT/summary.txt" 2>>"$OUT/run.log" || true
+  if [ ! -d "$WORK/tokenizer" ]; then
+    { "$PYTHON" "$REPO/bench/gpu/gpu_steps.py" jpegs "$WORK/jpegs" --count "$count" --size "${size[@]}" \
+      && "$PYTHON" "$REPO/bench/gpu/gpu_steps.py" tokenizer "$WORK/tokenizer" --preset "$preset"; } \
+      >>"$OUT/run.log" 2>&1 || { skip "$name" "inputs not written (run.log)"; return; }
+  fi
+  run_step "$name" 120 "$PYTHON" "$REPO/jobs/tokenize_imagenet.py" "$WORK/jpegs" "$WORK/${name}_out" \
+    --tokenizer "$WORK/tokenizer" "${extra[@]}" "$@" || true
+  sed -n "/=== $name /,\$p" "$OUT/run.log" >"$WORK/$name.log"
+  "$PYTHON" "$REPO/bench/gpu/gpu_steps.py" tokenize-report "$WORK/${name}_out" "$WORK/$name.log" \
+    "$OUT/$name.json" >>"$OUT/summary.txt" 2>>"$OUT/run.log" || true
+}
+
+step_precision() {  # fp32 / tf32 / bf16 token agreement and PSNR with the job's own encoder actor
+  if [ ! -d "$WORK/tokenizer" ]; then skip precision "no tokenizer (tokenize_ray did not run)"; return; fi
+  # real photo crops written on the CPU machine (the GPU image has no scikit-image): see bench_precision.py
+  local file=$REPO/.devcarry/precision_crops256.npz
+  [ "$DRY" = 0 ] || file=$WORK/precision_crops_dry.npz
+  if [ "$DRY" = 1 ] && [ ! -f "$file" ]; then
+    "$PYTHON" "$REPO/bench/bench_precision.py" --save-crops "$file" --image-size 32 --crops 16 >>"$OUT/run.log" 2>&1 \
+      || { skip precision "crops not written (run.log)"; return; }
+  fi
+  if [ ! -f "$file" ]; then skip precision "no crops at .devcarry/precision_crops256.npz"; return; fi
+  run_step precision 60 sh -c "\"$PYTHON\" \"$REPO/bench/bench_precision.py\" --tokenizer \"$WORK/tokenizer\" \
+--crops-file \"$file\" > \"$OUT/precision.json\"" || true
 }
 
 step_benches() {  # the torch-only scripts (bench/gpu/run_all.sh's list)
@@ -209,12 +227,21 @@ main() {
     install_bundle || bundle_ok=0
   fi
   if selected train_ds; then
-    if [ "$bundle_ok" = 1 ]; then step_train_ds; else skip train_ds "the bundle did not install (run.log)"; fi
+    if [ "$bundle_ok" = 1 ]; then step_train_ds train_ds; else skip train_ds "the bundle did not install (run.log)"; fi
   fi
   if selected tokenize_ray; then
-    if [ "$bundle_ok" = 1 ]; then step_tokenize_ray; else skip tokenize_ray "the bundle did not install"; fi
+    if [ "$bundle_ok" = 1 ]; then step_tokenize_ray tokenize_ray; else skip tokenize_ray "the bundle did not install"; fi
   fi
   step_benches
+  if selected precision; then step_precision; fi
+  if selected tokenize_compiled; then
+    if [ "$bundle_ok" = 1 ]; then step_tokenize_ray tokenize_compiled --compile
+    else skip tokenize_compiled "the bundle did not install"; fi
+  fi
+  if selected train_ds_compiled; then
+    if [ "$bundle_ok" = 1 ]; then step_train_ds train_ds_compiled compile=true
+    else skip train_ds_compiled "the bundle did not install"; fi
+  fi
   if selected train_ds_zero3; then
     if [ "$DRY" = 1 ]; then skip train_ds_zero3 "GPU only (bf16)"
     elif [ "$bundle_ok" = 0 ]; then skip train_ds_zero3 "the bundle did not install"
