@@ -8,6 +8,7 @@
 #   tokenize_ray  the Ray tokenize job (jobs/tokenize_imagenet.py) on synthetic 500x375 JPEGs, bf16 on cuda
 #   foundation, train_mfu, decode, tokenize_gpu, official_jax   the torch-only bench scripts
 #   then, if time is left: precision (bench/bench_precision.py: fp32/tf32/bf16 ids and PSNR),
+#   eval_rate (bench/bench_eval.py: InceptionV3 feature extraction images/s for FID-50k),
 #   tokenize_compiled (tokenize_ray with --compile), train_ds_compiled (train_ds with compile=true),
 #   train_ds_zero3 (jobs/ds_config_zero3.json)
 # --dry-run runs the same sequence on the CPU with tiny settings (debug models, jobs/ds_config_cpu.json,
@@ -30,8 +31,8 @@ DRY=0
 BUNDLE=
 ONLY=
 BUDGET=470
-ALL_STEPS="train_ds tokenize_ray foundation train_mfu decode tokenize_gpu official_jax precision tokenize_compiled \
-train_ds_compiled train_ds_zero3"
+ALL_STEPS="train_ds tokenize_ray foundation train_mfu decode tokenize_gpu official_jax precision eval_rate \
+tokenize_compiled train_ds_compiled train_ds_zero3"
 NEEDS_BUNDLE=" train_ds tokenize_ray tokenize_compiled train_ds_compiled train_ds_zero3 "
 
 die() { echo "run_gpu.sh: $*" >&2; exit 2; }
@@ -234,6 +235,12 @@ main() {
   fi
   step_benches
   if selected precision; then step_precision; fi
+  if selected eval_rate; then
+    local n=1024
+    [ "$DRY" = 0 ] || n=8
+    run_step eval_rate 60 sh -c "\"$PYTHON\" \"$REPO/bench/bench_eval.py\" --skip memory --rate-images $n \
+--batch-size 64 > \"$OUT/eval_rate.json\"" || true
+  fi
   if selected tokenize_compiled; then
     if [ "$bundle_ok" = 1 ]; then step_tokenize_ray tokenize_compiled --compile
     else skip tokenize_compiled "the bundle did not install"; fi
