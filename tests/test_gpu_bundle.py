@@ -103,9 +103,10 @@ def test_run_gpu_dry_run_goes_end_to_end_on_the_bundle(bundle, image, tmp_path):
              PYTHON=image, OUT=str(out), WORK=str(tmp_path / "work"))
     summary = (out / "summary.txt").read_text() if (out / "summary.txt").exists() else ""
     assert r.returncode == 0, summary + r.stderr + (out / "run.log").read_text()[-4000:]
-    for step in ("bundle", "train_ds", "tokenize_ray", "train_mfu", "decode", "tokenize_gpu"):
+    for step in ("bundle", "train_ds", "tokenize_ray", "train_mfu", "decode", "tokenize_gpu", "eval_rate",
+                 "tokenize_compiled", "train_ds_compiled"):
         assert f"\n{step} rc=0 " in summary, summary
-    for step in ("foundation", "official_jax", "train_ds_zero3"):
+    for step in ("foundation", "official_jax", "train_ds_zero3", "precision"):  # precision: no scikit-image there
         assert f"\n{step} skipped: " in summary, summary
     assert json.loads((out / "train_ds.json").read_text())["summary"]["step"] == 2
     tok = json.loads((out / "tokenize_ray.json").read_text())

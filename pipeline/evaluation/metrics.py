@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import torch
-from scipy import linalg
 from maskgit_core.errors import ConfigError
 
 __all__ = ["feature_stats", "frechet_distance", "fid_from_features", "inception_score", "knn_radii",
@@ -31,6 +30,8 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                      *, eps: float = 1e-6) -> float:
     """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)); sqrtm via scipy, eps*I added if it is singular."""
+    from scipy import linalg  # here: feature extraction alone runs where scipy is not installed (the GPU image)
+
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
