@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation.evaluate import IS_SHUFFLE_SEED, IS_SPLITS, _softmax
-from pipeline.evaluation.metrics import inception_score, knn_radii, precision_recall
+from pipeline.evaluation.evaluate import IS_SHUFFLE_SEED, IS_SPLITS
+from pipeline.evaluation.metrics import inception_score, knn_radii, precision_recall, softmax
 from torchvision_shim import import_torchvision
 
 import_torchvision()  # torch-fidelity's package imports it
@@ -28,10 +28,10 @@ def test_inception_score_equals_torch_fidelity(n):
     logits = rng.normal(size=(n, 1008)) * 0.5
     logits[np.arange(n), labels] += 12.0
     theirs = tf_isc.isc_features_to_metric(torch.from_numpy(logits), splits=10, shuffle=True, rng_seed=2020)
-    mean, std = inception_score(_softmax(logits), splits=IS_SPLITS, shuffle_seed=IS_SHUFFLE_SEED)
+    mean, std = inception_score(softmax(logits), splits=IS_SPLITS, shuffle_seed=IS_SHUFFLE_SEED)
     assert mean == pytest.approx(theirs["inception_score_mean"], rel=1e-9)
     assert std == pytest.approx(theirs["inception_score_std"], rel=1e-6, abs=1e-9)
-    unshuffled, _ = inception_score(_softmax(logits), splits=10)
+    unshuffled, _ = inception_score(softmax(logits), splits=10)
     assert unshuffled < 0.3 * mean
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from .features import (ClassifierConfig, ProxyClassifier, as_float_images, extract, load_classifier,
                        save_classifier, train_feature_classifier)
 from .metrics import (feature_stats, fid_from_features, frechet_distance, inception_score, precision_recall,
-                      topk_accuracy)
+                      softmax, topk_accuracy)
 from maskgit_core.errors import ConfigError
 
 __all__ = ["compute_metrics", "cas_train_on_generated", "reference_stats", "save_reference", "load_reference",
@@ -33,12 +33,6 @@ __all__ = ["compute_metrics", "cas_train_on_generated", "reference_stats", "save
            "topk_accuracy", "feature_stats", "extract"]
 
 log = logging.getLogger(__name__)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def reference_stats(images, classifier: ProxyClassifier) -> dict:
@@ -79,30 +73,16 @@ def load_reference(path: str | os.PathLike) -> dict:
 
 
 def load_image_set(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """Images (N, H, W, 3) uint8 and labels (or None) from an .npz (``images`` or ``arr_0``, optional
-    ``labels``) or a folder of PNG/JPEG files (sorted by name; labels from a ``labels.txt`` if present)."""
-    from PIL import Image
+    """All images (N, H, W, 3) uint8 and labels (or None) of an .npz (``images`` or ``arr_0``, optional
+    ``labels``), a PNG/JPEG folder (sorted by name; labels from a ``labels.txt``) or a sample set, in
+    memory (small sets: the proxy classifier's training). Read by ``image_sets``' readers, which
+    `eval` streams instead."""
+    from .image_sets import open_image_set
 
-    p = Path(path)
-    if p.is_file():
-        with np.load(p, allow_pickle=False) as z:
-            key = "images" if "images" in z.files else "arr_0" if "arr_0" in z.files else None
-            if key is None:
-                raise ConfigError(f"{p}: no 'images' or 'arr_0' array; found {z.files}")
-            return z[key], (z["labels"] if "labels" in z.files else None)
-    if not p.is_dir():
-        raise FileNotFoundError(f"{p}: neither an .npz file nor a folder of images")
-    files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not files:
-        raise ConfigError(f"{p}: no .png/.jpg images in this folder")
-    imgs = []
-    for f in files:
-        with Image.open(f) as im:
-            imgs.append(np.asarray(im.convert("RGB")))
-    labels = None
-    if (p / "labels.txt").is_file():
-        labels = np.array([int(t) for t in (p / "labels.txt").read_text().split()])
-    return np.stack(imgs), labels
+    s = open_image_set(str(path))
+    batches = [b for u in s.units for b in s.batches(u, 4096)]
+    labels = np.concatenate([lab for _, lab in batches])
+    return np.concatenate([imgs for imgs, _ in batches]), (None if (labels < 0).all() else labels)
 
 
 def compute_metrics(gen_images, *, classifier: ProxyClassifier, gen_labels=None, ref_images=None,
@@ -134,7 +114,7 @@ def compute_metrics(gen_images, *, classifier: ProxyClassifier, gen_labels=None,
     out: dict = {"feature_extractor": classifier.name, "n_generated": int(gen.shape[0]),
                  "n_reference": int(ref_stats["features"].shape[0]) if "features" in ref_stats else None,
                  "fid": frechet_distance(mu, sigma, ref_stats["mu"], ref_stats["sigma"])}
-    out["is_mean"], out["is_std"] = inception_score(_softmax(glog), splits=is_splits)
+    out["is_mean"], out["is_std"] = inception_score(softmax(glog), splits=is_splits)
     if "features" in ref_stats and ref_stats["features"].shape[0] > k and gf.shape[0] > k:
         out["precision"], out["recall"] = precision_recall(ref_stats["features"], gf, k=k)
     if gen_labels is not None:

@@ -25,12 +25,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from maskgit_core.checks import resolve_device
 from maskgit_core.errors import ConfigError
 from pipeline.data.storage import put_bytes_atomic, url_to_fs
 from pipeline.evaluation.extraction import extract_set
-from pipeline.evaluation.image_sets import ImageSet, NpzImages, open_image_set
+from pipeline.evaluation.image_sets import ImageSet, NpzImages, npz_keys, open_image_set
 from pipeline.evaluation.metrics import (feature_stats, frechet_distance, inception_score, precision_recall,
-                                         topk_accuracy)
+                                         softmax, topk_accuracy)
 
 __all__ = ["build_reference", "read_reference", "evaluate_sets", "metrics_from_features", "IS_SHUFFLE_SEED",
            "IS_SPLITS"]
@@ -39,13 +40,6 @@ log = logging.getLogger(__name__)
 
 IS_SPLITS = 10
 IS_SHUFFLE_SEED = 2020
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def build_reference(image_set: ImageSet, ext_spec: dict, out: str | os.PathLike, *, work_dir: str | None = None,
@@ -131,7 +125,7 @@ def metrics_from_features(gen: dict, ref: dict, *, k: int = 3, is_splits: int = 
                            "fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"])}
     is_logits = gen["logits"] - (0 if logit_bias is None else logit_bias)
     splits = min(is_splits, gf.shape[0])
-    out["is_mean"], out["is_std"] = inception_score(_softmax(is_logits), splits=splits, shuffle_seed=is_shuffle_seed)
+    out["is_mean"], out["is_std"] = inception_score(softmax(is_logits), splits=splits, shuffle_seed=is_shuffle_seed)
     out["is_splits"] = splits
     if "features" in ref and ref["features"].shape[0] > k and gf.shape[0] > k:
         out["precision"], out["recall"] = precision_recall(ref["features"], gf, k=k, device=device)
@@ -176,8 +170,6 @@ def evaluate_sets(generated: str, reference: str, ext_spec: dict, *, label_map: 
     (``work_dir/generated``, ``work_dir/reference``) and is required with ``ray_address``.
     ``image_size``: the reference is a dataset source, centre-cropped to this; ``save_reference``: write
     the statistics computed from reference images there."""
-    from pipeline.evaluation.extraction import load_extractor, resolve_device
-
     def prog(what):
         return (lambda d, t: progress(what, d, t)) if progress else None
 
@@ -214,12 +206,9 @@ def evaluate_sets(generated: str, reference: str, ext_spec: dict, *, label_map: 
             _write_reference(save_reference, mu, sigma, got["features"], got["feature_name"],
                              {"source": str(reference), "num_images": int(got["features"].shape[0])})
     columns, note = _inception_cas(ext_spec, label_map, gen["labels"])
-    bias = None
-    if ext_spec["kind"] == "inception":
-        bias = load_extractor(ext_spec).fc.bias.detach().numpy().astype(np.float64)
     dev = resolve_device(device) if ray_address is None else "cpu"
     out = metrics_from_features(gen, ref, k=k, is_splits=is_splits, cas_columns=columns, cas_note=note,
-                                logit_bias=bias, device=dev)
+                                logit_bias=gen["logit_bias"], device=dev)
     out["reference"] = str(reference)
     out["reference_statistics"] = ref["statistics"]
     out["generated"] = str(generated)
@@ -230,12 +219,5 @@ def evaluate_sets(generated: str, reference: str, ext_spec: dict, *, label_map: 
 def _is_stats_npz(path: str) -> bool:
     """An .npz with mu/sigma (statistics, maybe with images) rather than only images."""
     fs, p = url_to_fs(str(path))
-    import zipfile
-
     with fs.open(p, "rb") as f:
-        try:
-            names = set(zipfile.ZipFile(f).namelist())
-        except zipfile.BadZipFile:
-            raise ConfigError(f"{path}: not an .npz file") from None
-    return {"mu.npy", "sigma.npy"} <= names
-
+        return {"mu", "sigma"} <= set(npz_keys(f, str(path)))

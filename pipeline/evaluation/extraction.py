@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from maskgit_core.checks import resolve_device
 from maskgit_core.errors import ConfigError
 from pipeline.data.storage import put_bytes_atomic, url_to_fs
 from pipeline.evaluation.image_sets import ImageSet, Unit, reopen
@@ -49,14 +50,6 @@ def load_extractor(spec: dict[str, str], device: str = "cpu") -> torch.nn.Module
 
         model = load_classifier(spec["path"])
     return model.to(device).eval()
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda, but torch sees no CUDA device; use --device cpu or auto")
-    return device
 
 
 @torch.no_grad()
@@ -118,7 +111,8 @@ def extract_set(image_set: ImageSet, ext_spec: dict, *, work_dir: str | None = N
                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Features, logits and labels of every image of the set, in the set's order.
 
-    Returns {"features", "logits", "labels", "feature_name", "skipped" [(key, reason)]}. With
+    Returns {"features", "logits", "labels", "feature_name", "skipped" [(key, reason)], "logit_bias"
+    (the Inception's fc bias, float64, which IS leaves out; None for the proxy)}. With
     ``ray_address``: one Ray task per unit (one GPU each when the cluster has GPUs); needs
     ``work_dir``. ``progress(done_units, total_units)`` after each unit."""
     if ray_address is not None and work_dir is None:
@@ -126,6 +120,7 @@ def extract_set(image_set: ImageSet, ext_spec: dict, *, work_dir: str | None = N
     dev = resolve_device(device) if ray_address is None else device
     model = load_extractor(ext_spec, "cpu" if ray_address is not None else dev)
     name = model.name
+    bias = model.fc.bias.detach().cpu().double().numpy() if ext_spec["kind"] == "inception" else None
     units = image_set.units
     total = len(units)
     results: dict[int, dict] = {}
@@ -134,7 +129,7 @@ def extract_set(image_set: ImageSet, ext_spec: dict, *, work_dir: str | None = N
             results[u.index] = extract_unit(model, image_set, u, batch_size=batch_size, device=dev)
             if progress:
                 progress(len(results), total)
-        return _gather(units, results, name, image_set.listing_errors + image_set.skipped)
+        return {**_gather(units, results, name, image_set.listing_errors + image_set.skipped), "logit_bias": bias}
     ident = {"format_version": 1, "feature_name": name, "images": image_set.identity()}
     fs, root = _prepare_work_dir(work_dir, ident)
     path_of = {u.index: f"{work_dir.rstrip('/')}/unit-{u.index:05d}.npz" for u in units}
@@ -155,7 +150,7 @@ def extract_set(image_set: ImageSet, ext_spec: dict, *, work_dir: str | None = N
         _run_on_ray(ray_address, image_set, todo, ext_spec, path_of, batch_size, progress, done, total)
     out = _gather_files(fs, root, units, name)
     out["skipped"] = image_set.listing_errors + out["skipped"]
-    return out
+    return {**out, "logit_bias": bias}
 
 
 def _run_on_ray(address, image_set, todo, ext_spec, path_of, batch_size, progress, done, total) -> None:

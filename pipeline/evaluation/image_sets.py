@@ -32,7 +32,7 @@ import numpy as np
 from maskgit_core.errors import ConfigError
 from pipeline.data.storage import url_to_fs
 
-__all__ = ["Unit", "ImageSet", "open_image_set", "reopen", "NPZ_UNIT", "FILE_UNIT", "IMAGE_SUFFIXES"]
+__all__ = ["Unit", "ImageSet", "open_image_set", "reopen", "npz_keys", "NPZ_UNIT", "FILE_UNIT", "IMAGE_SUFFIXES"]
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,8 @@ def _check_images(shape: tuple[int, ...], dtype: np.dtype, where: str) -> None:
         raise ConfigError(f"{where}: images must be (N, H, W, 3) uint8, got {shape} {dtype}")
 
 
-def _npz_keys(f, where: str) -> list[str]:
+def npz_keys(f, where: str) -> list[str]:
+    """The array names of the .npz open as ``f`` (its central directory only); ConfigError if not a zip."""
     try:
         return [n[:-4] for n in zipfile.ZipFile(f).namelist() if n.endswith(".npy")]
     except zipfile.BadZipFile:
@@ -190,7 +191,7 @@ class NpzImages(ImageSet):
     def __init__(self, uri: str, storage_options: dict | None = None):
         super().__init__(uri, storage_options)
         with self.fs.open(self.path, "rb") as f:
-            keys = _npz_keys(f, self.uri)
+            keys = npz_keys(f, self.uri)
             self.key = "images" if "images" in keys else "arr_0" if "arr_0" in keys else None
             if self.key is None:
                 raise ConfigError(f"{self.uri}: no 'images' or 'arr_0' array; found {keys}")
@@ -201,7 +202,7 @@ class NpzImages(ImageSet):
 
     def batches(self, unit: Unit, batch_size: int):
         with self.fs.open(self.path, "rb", block_size=8 << 20) as f:
-            keys = _npz_keys(f, self.uri)
+            keys = npz_keys(f, self.uri)
             labels = _read_labels(f, keys, self.num_images, self.uri)
             m = _open_member(f, f"{self.key}.npy", self.uri)
             pos = [0]
@@ -233,7 +234,7 @@ class SampleSet(ImageSet):
     def batches(self, unit: Unit, batch_size: int):
         where = f"{self.uri}/{self.files[unit.index]}"
         with self.fs.open(posixpath.join(self.path, self.files[unit.index]), "rb", block_size=8 << 20) as f:
-            keys = _npz_keys(f, where)
+            keys = npz_keys(f, where)
             m = _open_member(f, "images.npy", where)
             _check_images(m.shape, m.dtype, where)
             if m.shape[0] != unit.count:

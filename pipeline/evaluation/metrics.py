@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from maskgit_core.errors import ConfigError
 
-__all__ = ["feature_stats", "frechet_distance", "fid_from_features", "inception_score", "knn_radii",
+__all__ = ["feature_stats", "frechet_distance", "fid_from_features", "softmax", "inception_score", "knn_radii",
            "precision_recall", "topk_accuracy"]
 
 
@@ -51,6 +51,14 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
     return frechet_distance(*feature_stats(real), *feature_stats(fake))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (the class probabilities IS is computed from)."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
 
 
 def inception_score(probs: np.ndarray, *, splits: int = 1, shuffle_seed: int | None = None) -> tuple[float, float]:

@@ -13,21 +13,11 @@ from transformer.ar_sampling import ar_sample_tokens
 from transformer.sampling import DecodeResult, sample_tokens
 
 from pipeline.generate.imageio import make_grid, to_uint8
+from maskgit_core.checks import resolve_device
 from maskgit_core.errors import ConfigError
 
 __all__ = ["load_pair", "decode_tokens", "sample_images", "ar_sample_images", "step_progression", "resolve_device",
            "sample_batches"]
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a CUDA device is a
-    ConfigError (raised before any model loads)."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device cuda, but this torch build ({torch.__version__}) sees no CUDA device; "
-                          "use --device cpu (or auto), or install a CUDA build of torch on a GPU machine")
-    return name
 
 
 def load_pair(checkpoint: str | os.PathLike, tokenizer_dir: str | os.PathLike, *, device: str = "cpu"):
